@@ -1,0 +1,84 @@
+"""Config composition and the checks of user values (in-process, no training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from xray_loss.config import ConfigError, check_config, register_resolvers, run_dirname
+
+CONF = str(Path(__file__).resolve().parents[1] / "conf")
+register_resolvers()
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="train", overrides=list(overrides))
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "allowed"),
+    [
+        ("lr=-1", "lr", "> 0"),
+        ("lr=0", "lr", "> 0"),
+        ("epochs=0", "epochs", ">= 1"),
+        ("batch_size=0", "batch_size", ">= 1"),
+        ("data.n_train=-5", "data.n_train", ">= 2"),
+        ("data.n_test=-1", "data.n_test", ">= 2"),
+        ("seed=-3", "seed", ">= 0"),
+        ("threshold=1.5", "threshold", "[0, 1]"),
+    ],
+)
+def test_invalid_values_name_the_key_and_the_range(override, key, allowed):
+    cfg = _compose(override)
+    with pytest.raises(ConfigError) as err:
+        check_config(cfg)
+    message = str(err.value)
+    assert key in message and allowed in message
+    assert "\n" not in message  # one sentence, no traceback wall
+
+
+def test_defaults_pass_the_checks():
+    check_config(_compose())
+    check_config(_compose("threshold=youden", "loss=ce", "seed=0"))
+
+
+@pytest.mark.parametrize(
+    "model", ["small_cnn", "resnet18", "resnet50", "densenet121", "efficientnet_b0"]
+)
+def test_every_backbone_builds_for_one_channel_input(model):
+    cfg = _compose(f"model={model}")
+    backbone = instantiate(cfg.model.backbone)
+    features = backbone(torch.zeros(2, 1, 64, 64))
+    assert features.shape == (2, backbone.out_features)
+
+
+@pytest.mark.parametrize("group", ["loss", "optimizer", "scheduler", "trainer"])
+def test_every_group_option_composes(group):
+    options = sorted(p.stem for p in (Path(CONF) / group).glob("*.yaml"))
+    assert options
+    for option in options:
+        cfg = _compose(f"{group}={option}")
+        assert cfg[group] is not None
+
+
+def test_top_level_knobs_reach_the_configs_they_drive():
+    cfg = _compose("loss=ce", "lr=0.003", "epochs=7", "batch_size=48", "seed=5")
+    assert cfg.optimizer.lr == 0.003
+    assert cfg.trainer.max_epochs == 7
+    assert cfg.data.batch_size == 48 and cfg.data.seed == 5
+    assert cfg.module.head._target_.endswith("CEHead")
+    assert _compose("epochs=100", "epochs_scale=0.05").trainer.max_epochs == 5
+
+
+def test_run_directory_names_come_from_overrides():
+    assert run_dirname(["loss=ce", "lr=0.001"]) == "loss=ce,lr=0.001"
+    assert run_dirname(["lr=0.001", "loss=ce"]) == "loss=ce,lr=0.001"
+    assert run_dirname(["data.root=/a/b", "resume=true", "seed=1"]) == "seed=1"
+    assert run_dirname([], "_", "job0") == "job0"
+    long = run_dirname([f"model.backbone.widths=[{','.join(['64'] * 40)}]"])
+    assert len(long) <= 120 and "/" not in long

@@ -1,0 +1,147 @@
+"""End to end through the real command line, as a user runs it (tiny data, CPU)."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from tests.conftest import TINY, assert_ok, metrics, run_cli, run_dirs
+from xray_loss.module import XrayClassifier
+
+pytestmark = pytest.mark.slow
+
+NAMES = ["loss", "acc", "auroc", "f1", "sensitivity", "specificity"]
+SCALARS = ["train/loss", "train/acc"] + [f"{s}/{m}" for s in ("val", "test") for m in NAMES]
+HPARAMS = {"loss", "lr", "epochs", "batch_size", "model", "data", "seed"}
+
+
+def events(run_dir):
+    ea = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
+    ea.Reload()
+    return ea
+
+
+def hparams_of(ea) -> dict:
+    content = ea.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    data = plugin_data_pb2.HParamsPluginData.FromString(content)
+    return {k: v.string_value or v.number_value for k, v in data.session_start_info.hparams.items()}
+
+
+def metric_names_of(ea) -> set:
+    content = ea.PluginTagToContent("hparams")["_hparams_/experiment"]
+    data = plugin_data_pb2.HParamsPluginData.FromString(content)
+    return {m.name.tag for m in data.experiment.metric_infos}
+
+
+def test_a_run_leaves_metrics_checkpoints_and_tensorboard_logs(workdir):
+    proc = run_cli(*TINY, "epochs=2", cwd=workdir)
+    assert_ok(proc)
+    assert "tensorboard --logdir logs" in proc.stdout
+    assert "test/auroc" in proc.stdout  # the test metrics are printed
+    (run,) = run_dirs(workdir / "logs")
+    record = metrics(run)
+    assert record["status"] == "completed"
+    assert set(record["test"]) == {f"test/{m}" for m in NAMES}
+    assert {"val/auroc", "val/acc"} <= set(record["val"])
+    assert 1 <= record["best_epoch"] <= 2 and record["wall_time_s"] > 0
+    assert record["config"]["loss"] == "bce" and record["config"]["lr"] == 0.001
+    assert list((run / "checkpoints").glob("best-epoch*.ckpt"))
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert (run / ".hydra" / "config.yaml").exists()
+
+    ea = events(run)
+    assert set(SCALARS) <= set(ea.Tags()["scalars"])
+    assert "hp_metric" not in ea.Tags()["scalars"]
+    assert {"samples/normal", "samples/pneumonia", "test/confusion_matrix", "test/roc"} <= set(
+        ea.Tags()["images"]
+    )
+    hp = hparams_of(ea)
+    assert set(hp) >= HPARAMS and hp["loss"] == "bce" and hp["lr"] == pytest.approx(1e-3)
+    assert not any("${" in str(v) for v in hp.values())
+    assert {"val/auroc_best", "test/acc", "test/auroc"} <= metric_names_of(ea)
+    assert "${" not in (run / "hparams.yaml").read_text()
+
+    with open(run / "test_predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 48 and {r["label"] for r in rows} == {"0", "1"}
+
+
+def test_multirun_grid_gives_one_run_per_job_with_heads_of_the_right_size(workdir):
+    proc = run_cli("-m", *TINY, "loss=bce,ce", "lr=1e-4,1e-3", "epochs=2", cwd=workdir)
+    assert_ok(proc)
+    runs = run_dirs(workdir / "logs")
+    assert len(runs) == 4
+    assert len({r.parent for r in runs}) == 1  # one sweep directory
+    seen = set()
+    for run in runs:
+        record = metrics(run)
+        assert record["status"] == "completed"
+        loss, lr = record["config"]["loss"], record["config"]["lr"]
+        assert f"loss={loss}" in run.name and "lr=" in run.name
+        seen.add((loss, lr))
+        hp = hparams_of(events(run))
+        assert hp["loss"] == loss and hp["lr"] == pytest.approx(lr)
+        (best,) = (run / "checkpoints").glob("best-*.ckpt")
+        model = XrayClassifier.load_from_checkpoint(best, weights_only=True, map_location="cpu")
+        assert model.head.linear.out_features == (2 if loss == "ce" else 1)
+    assert seen == {(lo, lr) for lo in ("bce", "ce") for lr in (1e-4, 1e-3)}
+
+
+def test_focal_head_trains(workdir):
+    assert_ok(run_cli(*TINY, "loss=focal", "loss.alpha=auto", "epochs=1", cwd=workdir))
+    (run,) = run_dirs(workdir / "logs")
+    assert metrics(run)["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("lr=-1", "lr must be a number > 0"),
+        ("batch_size=0", "batch_size must be an integer >= 1"),
+        ("loss=foo", "Available options in 'loss'"),
+    ],
+)
+def test_bad_input_gives_one_clear_message(workdir, override, expected):
+    proc = run_cli(*TINY, override, cwd=workdir)
+    assert proc.returncode != 0
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr
+    if override == "loss=foo":
+        assert "\tce\n" in proc.stderr and "\tfocal\n" in proc.stderr
+
+
+def test_a_diverging_run_stops_in_its_first_epoch(workdir):
+    proc = run_cli(*TINY, "lr=10", "epochs=5", "data.n_train=640", cwd=workdir)
+    assert proc.returncode != 0
+    assert "Training diverged" in proc.stderr and "Traceback" not in proc.stderr
+    (run,) = run_dirs(workdir / "logs")
+    record = metrics(run)
+    assert record["status"] == "diverged" and "lr=10" in record["error"]
+    assert "epoch 0" in record["error"]
+
+
+def test_same_seed_same_metrics_and_simultaneous_runs_get_their_own_directories(workdir):
+    cmd = [sys.executable, "-m", "xray_loss.train", *TINY, "epochs=2", "seed=0"]
+    procs = [
+        subprocess.Popen(
+            cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err[-3000:]
+    runs = run_dirs(workdir / "logs")
+    assert len(runs) == 2
+    a, b = (metrics(r) for r in runs)
+    assert a["test"] == b["test"] and a["val"] == b["val"]
+    ca = torch.load(next((runs[0] / "checkpoints").glob("best*.ckpt")), weights_only=True)
+    cb = torch.load(next((runs[1] / "checkpoints").glob("best*.ckpt")), weights_only=True)
+    for k, v in ca["state_dict"].items():
+        assert torch.equal(v, cb["state_dict"][k]), k

@@ -1,0 +1,179 @@
+"""Lightning callbacks the default run uses beyond Lightning's own (checkpoints, progress bar)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import lightning as L
+import matplotlib
+import torch
+import torchvision
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torchmetrics.functional.classification import binary_confusion_matrix, binary_roc
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def _tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger
+    return None
+
+
+class DivergenceGuard(L.Callback):
+    """Stops a run whose training loss is NaN/inf or stays above ``max_loss``.
+
+    A diverged run rarely produces NaN: with a huge learning rate the logits explode and the
+    loss sits at tens or hundreds while staying finite. Chance level is about 0.69 for BCE and
+    CE; a mean batch loss above ``max_loss`` (default 10) over ``every_n_steps`` steps means
+    confidently wrong predictions on most images. The loss is accumulated on the device and
+    read every ``every_n_steps`` steps (and at epoch end), so a GPU run is not synchronised at
+    every step and a diverged run still stops well within its first epoch.
+    """
+
+    def __init__(self, every_n_steps: int = 10, max_loss: float = 10.0) -> None:
+        self.every_n_steps = max(1, int(every_n_steps))
+        self.max_loss = float(max_loss)
+        self._sum: torch.Tensor | None = None
+        self._count = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = loss.detach().float()
+        self._sum = loss if self._sum is None else self._sum + loss
+        self._count += 1
+        if self._count >= self.every_n_steps:
+            self._check(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._check(trainer)
+
+    def _check(self, trainer: L.Trainer) -> None:
+        if self._sum is None:
+            return
+        mean = float(self._sum) / self._count
+        self._sum, self._count = None, 0
+        if not math.isfinite(mean) or mean > self.max_loss:
+            what = (
+                "became NaN or infinite"
+                if not math.isfinite(mean)
+                else (f"averaged {mean:.3g} over the last steps (above max_loss={self.max_loss:g})")
+            )
+            raise TrainingDiverged(
+                f"Training diverged: the loss {what} in epoch {trainer.current_epoch} "
+                f"(step {trainer.global_step}). Lower the learning rate (lr={_lr(trainer)})."
+            )
+
+
+def _lr(trainer: L.Trainer) -> str:
+    try:
+        return f"{trainer.optimizers[0].param_groups[0]['lr']:g}"
+    except (IndexError, KeyError, AttributeError):
+        return "?"
+
+
+class SampleGrid(L.Callback):
+    """Logs a grid of training images of each class to TensorBoard when fit starts."""
+
+    def __init__(self, per_class: int = 16) -> None:
+        self.per_class = int(per_class)
+
+    @rank_zero_only
+    def on_fit_start(self, trainer, pl_module) -> None:
+        tb = _tensorboard(trainer)
+        splits = getattr(trainer.datamodule, "splits", None)
+        if tb is None or not splits:
+            return
+        train = splits["train"]
+        for label, name in ((0, "normal"), (1, "pneumonia")):
+            index = torch.nonzero(train.labels == label).flatten()[: self.per_class]
+            if index.numel() == 0:
+                continue
+            images = train.images[index.to(train.images.device)].cpu()
+            grid = torchvision.utils.make_grid(images, nrow=8, padding=2, pad_value=255)
+            tb.experiment.add_image(f"samples/{name}", grid, global_step=0)
+
+
+class TestReport(L.Callback):
+    """At test time: confusion matrix and ROC curve to TensorBoard, predictions to a CSV.
+
+    ``test_predictions.csv`` (index, label, P(pneumonia)) is what ``xray_loss.report`` uses
+    for bootstrap confidence intervals and calibration.
+    """
+
+    def __init__(self, output_dir: str, filename: str = "test_predictions.csv") -> None:
+        self.path = Path(output_dir) / filename
+
+    @rank_zero_only
+    def on_test_end(self, trainer, pl_module) -> None:
+        # after the module's on_test_epoch_end, which gathers the predictions
+        probs, labels = pl_module.test_probs, pl_module.test_labels
+        if probs is None or probs.numel() == 0:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["index", "label", "prob"])
+            for i, (y, p) in enumerate(zip(labels.tolist(), probs.tolist(), strict=True)):
+                writer.writerow([i, y, f"{p:.6f}"])
+        tb = _tensorboard(trainer)
+        if tb is None:
+            return
+        threshold = float(pl_module.threshold)
+        step = trainer.global_step
+        tb.experiment.add_figure(
+            "test/confusion_matrix", confusion_figure(probs, labels, threshold), step
+        )
+        tb.experiment.add_figure("test/roc", roc_figure(probs, labels, threshold), step)
+
+
+def confusion_figure(probs: torch.Tensor, labels: torch.Tensor, threshold: float):
+    """A 2x2 confusion matrix (rows: truth, columns: prediction) with counts."""
+    cm = binary_confusion_matrix(probs, labels, threshold=threshold).numpy()
+    fig, ax = plt.subplots(figsize=(3.6, 3.2), dpi=100)
+    ax.imshow(cm, cmap="Blues")
+    names = ["normal", "pneumonia"]
+    ax.set_xticks([0, 1], names)
+    ax.set_yticks([0, 1], names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i in range(2):
+        for j in range(2):
+            ax.text(
+                j,
+                i,
+                str(cm[i, j]),
+                ha="center",
+                va="center",
+                color="white" if cm[i, j] > cm.max() / 2 else "black",
+            )
+    ax.set_title(f"threshold {threshold:.3f}")
+    fig.tight_layout()
+    return fig
+
+
+def roc_figure(probs: torch.Tensor, labels: torch.Tensor, threshold: float):
+    """ROC curve with the operating point of the decision threshold marked."""
+    fpr, tpr, _ = binary_roc(probs, labels)
+    pred = probs >= threshold
+    pos, neg = labels == 1, labels == 0
+    op_tpr = float((pred & pos).sum() / pos.sum().clamp(min=1))
+    op_fpr = float((pred & neg).sum() / neg.sum().clamp(min=1))
+    fig, ax = plt.subplots(figsize=(3.6, 3.4), dpi=100)
+    ax.plot(fpr.numpy(), tpr.numpy(), lw=1.5)
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+    ax.scatter([op_fpr], [op_tpr], c="red", zorder=3, label=f"threshold {threshold:.2f}")
+    ax.set_xlabel("1 - specificity")
+    ax.set_ylabel("sensitivity")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,98 @@
+"""Training-time augmentation of uint8 radiographs, per sample.
+
+Two implementations of the same recipe (small rotation, mild random resized crop,
+brightness/contrast jitter, optional horizontal flip), chosen by where the data lives:
+
+- ``sample_augment``: torchvision transforms v2, applied to each image as it is fetched (in
+  DataLoader workers when ``data.num_workers > 0``). The CPU path.
+- ``BatchAugment``: the same parameters drawn per sample but applied to a whole batch at once
+  with one ``affine_grid``/``grid_sample``, for data kept on the GPU (``data.on_device``), where a
+  Python loop over images would cost more than the training step.
+
+Horizontal flip is off by default: the heart sits on the patient's left, so a flipped chest is
+not a plausible radiograph.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.transforms import v2
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Parameters of the augmentation (``data.augment`` in the config)."""
+
+    enabled: bool = True
+    rotation: float = 10.0  # degrees, +-
+    crop_scale: float = 0.85  # RandomResizedCrop keeps this fraction of the area or more
+    brightness: float = 0.15
+    contrast: float = 0.15
+    hflip: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.crop_scale <= 1:
+            raise ValueError(f"data.augment.crop_scale must be in (0, 1], got {self.crop_scale}.")
+        for key in ("rotation", "brightness", "contrast"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"data.augment.{key} must be >= 0, got {getattr(self, key)}.")
+
+
+def sample_augment(cfg: AugmentConfig, image_size: int) -> v2.Compose | None:
+    """A torchvision v2 pipeline for one uint8 image (1 x H x W), or None when disabled."""
+    if not cfg.enabled:
+        return None
+    steps: list[nn.Module] = [
+        v2.RandomResizedCrop(
+            image_size, scale=(cfg.crop_scale, 1.0), ratio=(0.9, 1.1), antialias=True
+        ),
+        v2.RandomRotation(cfg.rotation),
+        v2.ColorJitter(brightness=cfg.brightness, contrast=cfg.contrast),
+    ]
+    if cfg.hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps)
+
+
+class BatchAugment(nn.Module):
+    """Per-sample random affine + brightness/contrast on a batch, on whatever device it lives.
+
+    Input: uint8 or float images (N, C, H, W); output: float images in [0, 1].
+    """
+
+    def __init__(self, cfg: AugmentConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x
+        n, dev = x.shape[0], x.device
+
+        def uniform(lo: float, hi: float) -> torch.Tensor:
+            return torch.empty(n, device=dev).uniform_(lo, hi)
+
+        angle = uniform(-cfg.rotation, cfg.rotation) * (math.pi / 180.0)
+        # RandomResizedCrop with aspect ~1: a crop of side sqrt(area) placed anywhere inside
+        side = torch.sqrt(uniform(cfg.crop_scale, 1.0))
+        tx = uniform(-1.0, 1.0) * (1.0 - side)
+        ty = uniform(-1.0, 1.0) * (1.0 - side)
+        flip = torch.ones(n, device=dev)
+        if cfg.hflip:
+            flip = torch.where(torch.rand(n, device=dev) < 0.5, -1.0, 1.0)
+        cos, sin = torch.cos(angle) * side, torch.sin(angle) * side
+        theta = torch.stack(
+            [torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1
+        )
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        bright = uniform(1 - cfg.brightness, 1 + cfg.brightness).view(n, 1, 1, 1)
+        contrast = uniform(1 - cfg.contrast, 1 + cfg.contrast).view(n, 1, 1, 1)
+        x = x * bright
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        return ((x - mean) * contrast + mean).clamp_(0.0, 1.0)

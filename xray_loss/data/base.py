@@ -1,0 +1,170 @@
+"""What every data source shares: uint8 image tensors in memory, fed to Lightning.
+
+A source subclasses ``XrayDataModule`` and implements ``load_splits``, returning the train,
+val and test splits as uint8 tensors (N, 1, S, S) with int64 labels (1 = pneumonia). Everything
+downstream (batching, augmentation, moving the data to the GPU) is here, so every source trains
+the same way. Images stay uint8 until they reach the model, which scales and normalises them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from xray_loss.data.augment import AugmentConfig, BatchAugment, sample_augment
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    """One split: uint8 images (N, 1, S, S) and int64 labels (N,), 1 = pneumonia."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.labels, minlength=2).tolist()
+
+
+class ImageTensorDataset(Dataset):
+    """Indexes a ``Split``; fetches a whole batch at once through ``__getitems__``."""
+
+    def __init__(self, split: Split, transform=None) -> None:
+        self.split = split
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self.__getitems__([i])
+        return images[0], labels[0]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index = torch.as_tensor(indices, device=self.split.labels.device)
+        images = self.split.images[index]
+        if self.transform is not None:
+            images = torch.stack([self.transform(img) for img in images])
+        return images, self.split.labels[index]
+
+
+def keep_batch(batch):
+    """collate_fn for datasets that already return a batch from ``__getitems__``."""
+    return batch
+
+
+class XrayDataModule(L.LightningDataModule):
+    """Base class: batching, augmentation and device placement for in-memory uint8 splits."""
+
+    name = "xray"
+
+    def __init__(
+        self,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        augment: dict | None = None,
+        on_device: bool | str = "auto",
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.batch_size = int(batch_size)
+        self.num_workers = int(num_workers)
+        self.augment_cfg = AugmentConfig(**(augment or {"enabled": False}))
+        self.on_device_option = on_device
+        self.seed = int(seed)
+        self.splits: dict[str, Split] | None = None
+        self.on_device = False
+        self._batch_augment: BatchAugment | None = None
+
+    # --- to implement in a data source -----------------------------------------------------
+    def load_splits(self) -> dict[str, Split]:
+        raise NotImplementedError
+
+    # --- Lightning hooks --------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits is None:
+            self.splits = self.load_splits()
+            for name in SPLITS:
+                counts = self.splits[name].class_counts()
+                log.info(
+                    "%s split: %d images (normal %d, pneumonia %d)",
+                    name,
+                    len(self.splits[name]),
+                    counts[0],
+                    counts[1],
+                )
+        self._place_on_device()
+
+    def _place_on_device(self) -> None:
+        trainer = self.trainer
+        if trainer is None or self.on_device:
+            return
+        device = trainer.strategy.root_device
+        wanted = self.on_device_option
+        if wanted == "auto":
+            wanted = device.type == "cuda" and trainer.world_size == 1 and self._fits(device)
+        if wanted and device.type != "cuda":
+            log.info("data.on_device=true ignored: the trainer runs on %s", device.type)
+            wanted = False
+        if wanted:
+            for split in self.splits.values():
+                split.images = split.images.to(device)
+                split.labels = split.labels.to(device)
+            self.on_device = True
+            if self.augment_cfg.enabled:
+                self._batch_augment = BatchAugment(self.augment_cfg)
+            log.info("data kept on %s; augmentation runs there (no worker processes)", device)
+
+    def _fits(self, device: torch.device) -> bool:
+        need = sum(s.images.numel() for s in self.splits.values())
+        free, _ = torch.cuda.mem_get_info(device)
+        return need < 0.4 * free
+
+    @property
+    def class_counts(self) -> list[int]:
+        """[n_normal, n_pneumonia] of the training split (feeds pos_weight/class_weights auto)."""
+        if self.splits is None:
+            self.setup("fit")
+        return self.splits["train"].class_counts()
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        transform = None
+        if train and not self.on_device:
+            transform = sample_augment(self.augment_cfg, self.splits[split].images.shape[-1])
+        dataset = ImageTensorDataset(self.splits[split], transform)
+        workers = 0 if self.on_device else self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train and len(dataset) > self.batch_size,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            collate_fn=keep_batch,
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self._batch_augment is not None and self.trainer is not None and self.trainer.training:
+            images, labels = batch
+            return self._batch_augment(images), labels
+        return batch

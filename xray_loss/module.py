@@ -1,0 +1,210 @@
+"""The LightningModule: backbone + loss head, metrics per stage, optimizer with a head lr.
+
+Its hyperparameters are plain, resolved config dicts (``_target_`` + arguments), so a checkpoint
+describes itself: ``XrayClassifier.load_from_checkpoint(path, weights_only=True)`` rebuilds the
+model with no Hydra and no pickled objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    BinaryAccuracy,
+    BinaryAUROC,
+    BinaryF1Score,
+    BinaryRecall,
+    BinarySpecificity,
+)
+from torchmetrics.functional.classification import binary_roc
+
+
+def stage_metrics(stage: str, threshold: float = 0.5) -> MetricCollection:
+    """The metric contract: ``{stage}/acc, auroc, f1, sensitivity, specificity``."""
+    return MetricCollection(
+        {
+            "acc": BinaryAccuracy(threshold=threshold),
+            "auroc": BinaryAUROC(),
+            "f1": BinaryF1Score(threshold=threshold),
+            "sensitivity": BinaryRecall(threshold=threshold),
+            "specificity": BinarySpecificity(threshold=threshold),
+        },
+        prefix=f"{stage}/",
+    )
+
+
+def youden_threshold(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """The threshold maximising sensitivity + specificity - 1 on these predictions."""
+    if labels.min() == labels.max():
+        return 0.5
+    fpr, tpr, thresholds = binary_roc(probs, labels)
+    best = torch.argmax(tpr - fpr)
+    return float(thresholds[best].clamp(0.0, 1.0))
+
+
+class XrayClassifier(L.LightningModule):
+    """Backbone + head. Takes uint8 (or [0, 1] float) images, returns logits.
+
+    Args:
+        backbone: config of the backbone (``_target_`` + kwargs), see ``conf/model``.
+        head: config of the loss head, see ``conf/loss``.
+        optimizer: config of a partial optimizer, see ``conf/optimizer``.
+        scheduler: config of a partial lr scheduler (stepped per epoch), or empty.
+        class_counts: [n_normal, n_pneumonia] of the training split, for ``auto`` weights.
+        mean, std: input normalisation after scaling to [0, 1].
+        threshold: decision threshold for test metrics: a number, or ``youden`` (chosen on
+            the validation split at every validation, stored with each checkpoint).
+        channels_last: "auto" (on CUDA only), true or false.
+        run_config: the resolved run config, stored for ``eval``/``predict``.
+    """
+
+    def __init__(
+        self,
+        backbone: dict,
+        head: dict,
+        optimizer: dict,
+        scheduler: dict | None = None,
+        class_counts: list[int] | None = None,
+        mean: float = 0.5,
+        std: float = 0.5,
+        threshold: float | str = 0.5,
+        channels_last: bool | str = "auto",
+        run_config: dict | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.backbone = instantiate(backbone)
+        # one draw of the global RNG whatever the head, so runs differing only in the head
+        # share everything downstream (see xray_loss.heads)
+        init_seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+        self.head = instantiate(
+            head,
+            in_features=self.backbone.out_features,
+            class_counts=class_counts,
+            init_seed=init_seed,
+        )
+        self.in_chans = int(getattr(self.backbone, "in_chans", 1))
+        if threshold != "youden" and not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"threshold must be a probability or 'youden', got {threshold!r}.")
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+        self.register_buffer(
+            "threshold", torch.tensor(0.5 if threshold == "youden" else float(threshold))
+        )
+        self.use_channels_last = channels_last is True
+        self.train_metrics = MetricCollection({"acc": BinaryAccuracy()}, prefix="train/")
+        self.val_metrics = stage_metrics("val")
+        self.test_metrics = stage_metrics("test")
+        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.test_probs: torch.Tensor | None = None
+        self.test_labels: torch.Tensor | None = None
+
+    # --- model -------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if self.hparams.channels_last == "auto":
+            self.use_channels_last = self.device.type == "cuda"
+        if self.use_channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 or [0, 1] images -> normalised float, with as many channels as the backbone."""
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+        x = (x - self.mean) / self.std
+        if self.in_chans == 3 and x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        if self.use_channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(self.preprocess(x)))
+
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        """P(pneumonia) for a batch of images."""
+        return self.head.prob(self(x)).float()
+
+    # --- steps -------------------------------------------------------------------------------
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
+        x, y = batch
+        logits = self(x)
+        loss = self.head.loss(logits, y)
+        self.train_metrics.update(self.head.prob(logits.detach()).float(), y)
+        self.log(
+            "train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=y.shape[0]
+        )
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict(self.train_metrics.compute(), prog_bar=True)
+        self.train_metrics.reset()
+
+    def _eval_step(self, batch, stage: str, metrics: MetricCollection, outputs: list) -> None:
+        x, y = batch
+        logits = self(x)
+        probs = self.head.prob(logits).float()
+        self.log(
+            f"{stage}/loss",
+            self.head.loss(logits, y),
+            on_epoch=True,
+            batch_size=y.shape[0],
+            sync_dist=True,
+        )
+        metrics.update(probs, y)
+        outputs.append((probs.detach(), y.detach()))
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_metrics, self._val_outputs)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict(self.val_metrics.compute(), prog_bar=False)
+        self.val_metrics.reset()
+        probs, labels = self._gather(self._val_outputs)
+        self._val_outputs.clear()
+        if self.hparams.threshold == "youden" and not self.trainer.sanity_checking:
+            self.threshold.fill_(youden_threshold(probs, labels))
+        self.log("val/threshold", self.threshold.float())
+
+    def on_test_epoch_start(self) -> None:
+        # test metrics use the decision threshold stored with the checkpoint under test
+        self.test_metrics = stage_metrics("test", float(self.threshold)).to(self.device)
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_metrics, self._test_outputs)
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+        self.test_probs, self.test_labels = self._gather(self._test_outputs)
+        self._test_outputs.clear()
+
+    def _gather(self, outputs: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """Concatenate per-batch (probs, labels), across ranks too."""
+        if not outputs:
+            return torch.empty(0), torch.empty(0, dtype=torch.long)
+        probs = torch.cat([p for p, _ in outputs])
+        labels = torch.cat([y for _, y in outputs])
+        if self.trainer.world_size > 1:
+            probs = self.all_gather(probs).reshape(-1)
+            labels = self.all_gather(labels).reshape(-1)
+        return probs.cpu(), labels.cpu()
+
+    # --- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        lr = float(self.hparams.optimizer["lr"])
+        groups = [
+            {"params": list(self.backbone.parameters()), "lr": lr},
+            {"params": list(self.head.parameters()), "lr": lr * self.head.lr_scale},
+        ]
+        optimizer = instantiate(self.hparams.optimizer)(groups)
+        if not self.hparams.scheduler:
+            return optimizer
+        scheduler = instantiate(self.hparams.scheduler)(optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }

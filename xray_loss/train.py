@@ -1,0 +1,192 @@
+"""Train one model: config -> datamodule + module -> trainer -> logs and metrics.json.
+
+    python -m xray_loss.train loss=ce lr=1e-3
+    python -m xray_loss.train -m loss=bce,ce lr=1e-4,1e-3 epochs=2
+
+Every run writes into its own directory (``logs/<name>/runs/<time>_<overrides>``, or the job's
+directory of a multirun): the composed config (``.hydra/``), ``metrics.json``, checkpoints
+(best by val AUROC, and last), TensorBoard events and ``test_predictions.csv``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from xray_loss.callbacks import TrainingDiverged
+from xray_loss.config import ConfigError, check_config, hydra_choice_summary, register_resolvers
+from xray_loss.record import RunRecord
+
+log = logging.getLogger("xray_loss.train")
+register_resolvers()
+
+# in-memory data needs no loader workers; Lightning's hint about them is noise here
+warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=r".*GPU available but not used.*")
+warnings.filterwarnings("ignore", message=r".*`isinstance\(treespec, LeafSpec\)`.*")
+
+METRIC_NAMES = ("loss", "acc", "auroc", "f1", "sensitivity", "specificity")
+
+
+class RunFailed(ConfigError):
+    """A run that ended with a clear, already-explained error (no traceback needed)."""
+
+
+def hyperparameters(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved values that describe a run: what the HParams table and reports compare."""
+    choices = hydra_choice_summary(HydraConfig.get().runtime.choices)
+    return {
+        "loss": choices.get("loss"),
+        "model": choices.get("model"),
+        "data": choices.get("data"),
+        "optimizer": choices.get("optimizer"),
+        "scheduler": choices.get("scheduler"),
+        "lr": float(cfg.lr),
+        "epochs": int(cfg.epochs),
+        "max_epochs": int(cfg.trainer.max_epochs),
+        "batch_size": int(cfg.batch_size),
+        "seed": int(cfg.seed),
+        "weight_decay": float(cfg.optimizer.get("weight_decay", 0.0) or 0.0),
+        "image_size": int(cfg.data.image_size),
+        "threshold": str(cfg.threshold),
+    }
+
+
+def write_hparams(trainer: L.Trainer, params: dict[str, Any], metrics: dict[str, float]) -> None:
+    """Fill TensorBoard's HParams tab: this run's hyperparameters and its final metric tags."""
+    from torch.utils.tensorboard.summary import hparams
+
+    for logger in trainer.loggers:
+        if isinstance(logger, L.pytorch.loggers.TensorBoardLogger):
+            params = {k: ("none" if v is None else v) for k, v in params.items()}
+            writer = logger.experiment._get_file_writer()
+            for summary in hparams(params, metrics):
+                writer.add_summary(summary)
+            logger.experiment.flush()
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c]
+    loggers = [instantiate(c) for c in cfg.logger.values() if c]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit, then test the best checkpoint; returns the run record written to metrics.json."""
+    run_dir = Path(cfg.paths.output_dir)
+    record = RunRecord(run_dir)
+    if cfg.resume and record.status == "completed":
+        log.info("resume: %s already completed, skipped", run_dir)
+        return record.data
+    last_ckpt = run_dir / "checkpoints" / "last.ckpt"
+    resume_from = str(last_ckpt) if cfg.resume and last_ckpt.exists() else None
+    record.start(
+        run_dir=str(run_dir),
+        overrides=list(HydraConfig.get().overrides.task),
+        resumed_from=resume_from,
+    )
+    started = time.time()
+    try:
+        check_config(cfg)
+        record.update(config=hyperparameters(cfg))
+        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+        datamodule: L.LightningDataModule = instantiate(cfg.data)
+        datamodule.setup("fit")  # report splits and class counts before building the model
+        module = instantiate(
+            cfg.module,
+            class_counts=datamodule.class_counts,
+            run_config=OmegaConf.to_container(cfg, resolve=True),
+            _recursive_=False,
+            _convert_="all",
+        )
+        trainer = build_trainer(cfg)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint else ""
+        val = trainer.validate(
+            module, datamodule=datamodule, ckpt_path=best or None, verbose=False
+        )[0]
+        test = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)[0]
+    except TrainingDiverged as err:
+        record.finish("diverged", error=str(err), wall_time_s=round(time.time() - started, 2))
+        raise RunFailed(str(err)) from None
+    except ConfigError as err:
+        record.finish("failed", error=str(err), wall_time_s=round(time.time() - started, 2))
+        raise
+    except (ValueError, FileNotFoundError) as err:  # bad data or options, already explained
+        record.finish("failed", error=str(err), wall_time_s=round(time.time() - started, 2))
+        raise RunFailed(str(err)) from None
+    except BaseException as err:
+        record.finish(
+            "failed",
+            error=f"{type(err).__name__}: {err}",
+            wall_time_s=round(time.time() - started, 2),
+        )
+        raise
+
+    best_epoch = (
+        torch.load(best, map_location="cpu", weights_only=True)["epoch"] + 1 if best else None
+    )
+    best_val_auroc = float(checkpoint.best_model_score) if checkpoint and best else None
+    result = {
+        "best_epoch": best_epoch,
+        "best_checkpoint": best or None,
+        "epochs_trained": trainer.current_epoch,
+        "threshold": float(module.threshold),
+        "val": {k: float(v) for k, v in val.items()},
+        "test": {k: float(v) for k, v in test.items()},
+        "best_val_auroc": best_val_auroc,
+        "wall_time_s": round(time.time() - started, 2),
+    }
+    if trainer.is_global_zero:
+        metric_tags = {"val/auroc_best": best_val_auroc or 0.0}
+        metric_tags.update({f"test/{m}": 0.0 for m in METRIC_NAMES})
+        for logger in trainer.loggers:
+            logger.log_metrics(
+                {"val/auroc_best": metric_tags["val/auroc_best"]}, step=trainer.global_step
+            )
+        write_hparams(trainer, record.data["config"], metric_tags)
+        record.finish("completed", **result)
+        print_summary(run_dir, result, cfg)
+    return record.data
+
+
+def print_summary(run_dir: Path, result: dict[str, Any], cfg: DictConfig) -> None:
+    test = result["test"]
+    lines = [
+        "",
+        f"Run finished: best epoch {result['best_epoch']}, "
+        f"val AUROC {result['best_val_auroc']:.4f}",
+        "Test (best checkpoint, threshold {:.3f}): ".format(result["threshold"])
+        + ", ".join(f"{m} {test.get(f'test/{m}', float('nan')):.4f}" for m in METRIC_NAMES),
+        f"Run directory: {run_dir}",
+        f"TensorBoard:   tensorboard --logdir {cfg.paths.log_dir} --host 127.0.0.1",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    """Hydra entry point. In a multirun a failed job is recorded and the sweep goes on."""
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        return train(cfg)
+    try:
+        return train(cfg)
+    except Exception as err:
+        log.error("job failed: %s", err)
+        return RunRecord(Path(cfg.paths.output_dir)).data
+
+
+if __name__ == "__main__":
+    main()
