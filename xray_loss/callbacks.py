@@ -98,7 +98,7 @@ class SampleGrid(L.Callback):
             index = torch.nonzero(train.labels == label).flatten()[: self.per_class]
             if index.numel() == 0:
                 continue
-            images = train.images[index.to(train.images.device)].cpu()
+            images = train.images[index].cpu()
             grid = torchvision.utils.make_grid(images, nrow=8, padding=2, pad_value=255)
             tb.experiment.add_image(f"samples/{name}", grid, global_step=0)
 

@@ -154,4 +154,3 @@ def hydra_choice_summary(choices: dict[str, Any]) -> dict[str, str]:
     """The config-group choices worth logging (loss, model, data, optimizer, ...)."""
     keys = ("loss", "model", "data", "optimizer", "scheduler", "trainer", "experiment")
     return {k: str(choices.get(k)) for k in keys if choices.get(k) is not None}
-

@@ -35,6 +35,10 @@ register_resolvers()
 warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
 warnings.filterwarnings("ignore", message=r".*GPU available but not used.*")
 warnings.filterwarnings("ignore", message=r".*`isinstance\(treespec, LeafSpec\)`.*")
+# ... and so are its adverts for cloud services
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: "Tip:" not in record.getMessage()
+)
 
 METRIC_NAMES = ("loss", "acc", "auroc", "f1", "sensitivity", "specificity")
 

@@ -9,7 +9,9 @@ the same way. Images stay uint8 until they reach the model, which scales and nor
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
+from typing import Any
 
 import lightning as L
 import torch
@@ -22,11 +24,19 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
+class DataError(ValueError):
+    """Bad data or data options; the message says what was found and what is expected."""
+
+
 @dataclass
 class Split:
-    """One split: uint8 images (N, 1, S, S) and int64 labels (N,), 1 = pneumonia."""
+    """One split: uint8 images (N, 1, S, S) and int64 labels (N,), 1 = pneumonia.
 
-    images: torch.Tensor
+    ``images`` is a tensor, or an object indexed like one (``ArrayImages`` over the cache,
+    ``FileImages`` decoding per access) that also has ``shape`` and ``to(device)``.
+    """
+
+    images: Any
     labels: torch.Tensor
 
     def __len__(self) -> int:
@@ -126,7 +136,7 @@ class XrayDataModule(L.LightningDataModule):
             log.info("data kept on %s; augmentation runs there (no worker processes)", device)
 
     def _fits(self, device: torch.device) -> bool:
-        need = sum(s.images.numel() for s in self.splits.values())
+        need = sum(math.prod(s.images.shape) for s in self.splits.values())
         free, _ = torch.cuda.mem_get_info(device)
         return need < 0.4 * free
 

@@ -1,0 +1,68 @@
+"""Small data sets in the real on-disk formats, written into a temporary directory."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from xray_loss.data.phantom import generate_phantoms
+
+
+def _save(image: np.ndarray, path: Path, size: tuple[int, int], rgb: bool) -> None:
+    pil = Image.fromarray(image).resize(size)
+    if rgb:
+        pil = pil.convert("RGB")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pil.save(path, quality=90)
+
+
+def make_kermany(root: Path, n_normal: int = 24, n_pneumonia: int = 36, test: bool = True,
+                 seed: int = 0) -> Path:
+    """A chest_xray folder: real file-name patterns, several images per patient, grey and RGB
+    JPEGs of different sizes, a .DS_Store, an exact duplicate, and an upper-case extension."""
+    images, _ = generate_phantoms(n_normal + n_pneumonia, 96, seed=seed)
+    images = images[:, 0].numpy()
+    k = 0
+    folders = ["train", "test"] if test else ["train"]
+    for folder in folders:
+        share = 1.0 if folder == "train" else 0.34
+        for i in range(int(n_normal * share)):
+            patient = 100 + i // 2  # two images per patient
+            name = f"IM-{patient:04d}-{i % 2 + 1:04d}.jpeg"
+            if i % 5 == 4:
+                name = f"NORMAL2-IM-{patient:04d}-{i % 2 + 1:04d}.jpeg"
+            size = (120 + 7 * (i % 4), 100 + 5 * (i % 3))
+            _save(images[k % len(images)], root / folder / "NORMAL" / name, size, rgb=i % 3 == 0)
+            k += 1
+        for i in range(int(n_pneumonia * share)):
+            patient = i // 3  # three images per child
+            kind = "bacteria" if i % 2 else "virus"
+            name = f"person{patient}_{kind}_{i}.jpeg"
+            _save(images[k % len(images)], root / folder / "PNEUMONIA" / name,
+                  (90 + 11 * (i % 5), 110), rgb=i % 4 == 0)
+            k += 1
+        (root / folder / "NORMAL" / ".DS_Store").write_bytes(b"\x00\x01junk")
+    # an exact duplicate of a pneumonia image under another patient's name
+    first = sorted((root / "train" / "PNEUMONIA").glob("person0_*"))[0]
+    shutil.copy(first, root / "train" / "PNEUMONIA" / "person999_virus_999.jpeg")
+    # an upper-case extension is an image too
+    shutil.copy(first, root / "train" / "PNEUMONIA" / "person998_virus_998.JPG")
+    return root
+
+
+def make_pneumoniamnist(root: Path, size: int, n: tuple[int, int, int] = (40, 12, 16),
+                        name: str | None = None, **overrides) -> Path:
+    """A PneumoniaMNIST-format npz (uint8 images N x S x S, uint8 labels N x 1)."""
+    arrays = {}
+    for split, count in zip(("train", "val", "test"), n, strict=True):
+        images, labels = generate_phantoms(count, size, seed=len(arrays))
+        arrays[f"{split}_images"] = images[:, 0].numpy()
+        arrays[f"{split}_labels"] = labels.numpy().astype(np.uint8).reshape(-1, 1)
+    arrays.update(overrides)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / (name or ("pneumoniamnist.npz" if size == 28 else f"pneumoniamnist_{size}.npz"))
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path

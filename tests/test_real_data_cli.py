@@ -1,0 +1,57 @@
+"""Training on real-format data through the command line (fixture folders, tiny sizes)."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+
+from tests.conftest import assert_ok, metrics, run_cli, run_dirs
+from tests.fixtures import make_kermany, make_pneumoniamnist
+
+pytestmark = pytest.mark.slow
+
+SMALL = ["model.backbone.widths=[8,16]", "callbacks.progress_bar.refresh_rate=0",
+         "trainer.enable_model_summary=false", "batch_size=16"]
+
+
+def test_kermany_run_logs_splits_writes_csv_and_hits_the_cache_next_time(workdir):
+    root = make_kermany(workdir / "chest_xray", test=False)
+    args = ["data=kermany", f"data.root={root}", "data.test_fraction=0.25",
+            "data.image_size=32", "data.num_workers=0", "epochs=2", "loss.pos_weight=auto",
+            *SMALL]
+    first = run_cli(*args, cwd=workdir)
+    assert_ok(first)
+    log = first.stdout + first.stderr
+    assert "decoding 62 images once into the cache" in log
+    assert "train split:" in log and "val split:" in log and "test split:" in log
+    assert "2 exact duplicate file(s)" in log
+    (run,) = run_dirs(workdir / "logs")
+    assert metrics(run)["status"] == "completed"
+    with open(run / "split.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 62 and set(rows[0]) == {"file", "label", "patient", "split"}
+    splits_of = {}
+    for r in rows:
+        splits_of.setdefault(r["patient"], set()).add(r["split"])
+    assert all(len(s) == 1 for s in splits_of.values())
+
+    second = run_cli(*args, "seed=1", cwd=workdir)
+    assert_ok(second)
+    assert "image cache hit" in second.stdout + second.stderr
+
+
+def test_missing_kermany_root_is_one_clear_message(workdir):
+    proc = run_cli("data=kermany", f"data.root={workdir / 'nowhere'}", *SMALL, cwd=workdir)
+    assert proc.returncode != 0
+    assert "does not exist" in proc.stderr and "train/NORMAL/*.jpeg" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_pneumoniamnist_run(workdir):
+    make_pneumoniamnist(workdir / "npz", 28)
+    proc = run_cli("data=pneumoniamnist", f"data.root={workdir / 'npz'}", "data.size=28",
+                   "epochs=1", *SMALL, cwd=workdir)
+    assert_ok(proc)
+    (run,) = run_dirs(workdir / "logs")
+    assert metrics(run)["config"]["image_size"] == 28

@@ -1,0 +1,137 @@
+"""MedMNIST v2 PneumoniaMNIST from its npz file, with the official train/val/test splits.
+
+The npz is read with numpy directly: ``medmnist``'s dataset class asserts the official sample
+counts (so it rejects subsets) and creates ``~/.medmnist`` on import. The package is used only
+to download, when ``data.download=true`` and the machine is online.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from xray_loss.data.base import DataError, Split, XrayDataModule
+
+log = logging.getLogger(__name__)
+
+SIZES = (28, 64, 128, 224)
+KEYS = ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels")
+ZENODO = "https://zenodo.org/records/10519652/files/{file}?download=1"
+
+
+def npz_name(size: int) -> str:
+    """``pneumoniamnist.npz`` for 28 px, ``pneumoniamnist_{size}.npz`` otherwise."""
+    return "pneumoniamnist.npz" if size == 28 else f"pneumoniamnist_{size}.npz"
+
+
+def read_npz(path: Path, size: int) -> dict[str, Split]:
+    """The three official splits from a PneumoniaMNIST npz, checked for keys and shapes."""
+    try:
+        data = np.load(path)
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path} is not a readable npz file ({err}).") from None
+    with data:
+        missing = [k for k in KEYS if k not in data.files]
+        if missing:
+            raise DataError(
+                f"{path} lacks the keys {missing}: found {sorted(data.files)}, expected "
+                f"{list(KEYS)} (MedMNIST v2 format)."
+            )
+        splits = {}
+        for name in ("train", "val", "test"):
+            images, labels = data[f"{name}_images"], data[f"{name}_labels"]
+            if images.ndim != 3 or images.shape[1:] != (size, size) or images.dtype != np.uint8:
+                raise DataError(
+                    f"{path}: {name}_images has shape {images.shape} and dtype {images.dtype}; "
+                    f"expected uint8 (N, {size}, {size}) for data.size={size}."
+                )
+            labels = labels.reshape(-1) if labels.ndim == 2 and labels.shape[1] == 1 else labels
+            if labels.ndim != 1 or len(labels) != len(images) or not set(
+                np.unique(labels).tolist()
+            ) <= {0, 1}:
+                raise DataError(
+                    f"{path}: {name}_labels has shape {data[f'{name}_labels'].shape} with values "
+                    f"{np.unique(labels)[:5].tolist()}; expected (N, 1) of 0/1 with "
+                    f"N = {len(images)} (the number of {name}_images)."
+                )
+            splits[name] = Split(
+                torch.from_numpy(images.copy()).unsqueeze(1),
+                torch.from_numpy(labels.astype(np.int64)),
+            )
+    return splits
+
+
+def download(path: Path, size: int, url: str) -> None:
+    """Fetch the npz (with ``medmnist`` if installed, else straight from Zenodo)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        try:
+            from medmnist import PneumoniaMNIST
+
+            PneumoniaMNIST(split="train", download=True, root=str(path.parent), size=size)
+        except ImportError:
+            tmp = path.with_suffix(".part")
+            urllib.request.urlretrieve(url, tmp)
+            tmp.replace(path)
+    except Exception as err:  # offline, DNS, HTTP errors: all mean "get it by hand"
+        message = _missing_message(path, size, url, f"The download failed ({err}). ")
+        raise DataError(message) from None
+    if not path.exists():
+        raise DataError(_missing_message(path, size, url, "The download left no file. "))
+
+
+def _missing_message(path: Path, size: int, url: str, prefix: str = "") -> str:
+    return (
+        f"{prefix}PneumoniaMNIST file {path.name} not found in {path.parent}. Download "
+        f"{url} (Zenodo record 10519652, MedMNIST v2) on a machine with internet access and "
+        f"place it at {path}, or run with data.download=true when online."
+    )
+
+
+class PneumoniaMNISTDataModule(XrayDataModule):
+    """PneumoniaMNIST at ``size`` (28/64/128/224 px) from ``root``; official splits.
+
+    ``image_size`` (default: ``size``) resizes the images once at setup if different.
+    """
+
+    name = "pneumoniamnist"
+
+    def __init__(
+        self,
+        root: str | None = None,
+        size: int = 28,
+        image_size: int | None = None,
+        download: bool = False,
+        url: str = ZENODO,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if int(size) not in SIZES:
+            raise DataError(f"data.size={size} is not a PneumoniaMNIST size; valid: {SIZES}.")
+        self.root = root
+        self.size = int(size)
+        self.image_size = int(image_size or size)
+        self.download = bool(download)
+        self.url = url
+
+    def load_splits(self) -> dict[str, Split]:
+        if self.root in (None, ""):
+            raise DataError(
+                f"data.root is not set: point it at the folder holding {npz_name(self.size)}."
+            )
+        path = Path(self.root).expanduser() / npz_name(self.size)
+        url = self.url.format(file=path.name)
+        if not path.exists():
+            if not self.download:
+                raise DataError(_missing_message(path, self.size, url))
+            download(path, self.size, url)
+        splits = read_npz(path, self.size)
+        if self.image_size != self.size:
+            for split in splits.values():
+                split.images = TF.resize(split.images, [self.image_size] * 2, antialias=True)
+        return splits
