@@ -60,9 +60,16 @@ def epoch_rate(dm: KermanyDataModule, epochs: int) -> float:
 
 def measure(root: Path, image_size: int, workers: int, epochs: int, augment: bool) -> dict:
     cache = Path(tempfile.mkdtemp(prefix="xray_cache_"))
-    common = dict(root=str(root), image_size=image_size, test_fraction=0.15, batch_size=64,
-                  num_workers=workers, cache_dir=str(cache), on_device=False,
-                  augment={"enabled": augment})
+    common = dict(
+        root=str(root),
+        image_size=image_size,
+        test_fraction=0.15,
+        batch_size=64,
+        num_workers=workers,
+        cache_dir=str(cache),
+        on_device=False,
+        augment={"enabled": augment},
+    )
     try:
         lazy = KermanyDataModule(cache=False, **common)
         lazy.setup("fit")
@@ -82,8 +89,9 @@ def measure(root: Path, image_size: int, workers: int, epochs: int, augment: boo
         warm0 = epoch_rate(warm_dm, epochs)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
-    return dict(n_train=n_train, decode=decode, cold=cold, warm=warm, warm0=warm0,
-                warm_setup=warm_setup)
+    return dict(
+        n_train=n_train, decode=decode, cold=cold, warm=warm, warm0=warm0, warm_setup=warm_setup
+    )
 
 
 def main() -> None:
@@ -101,17 +109,24 @@ def main() -> None:
     if args.fullres:
         full = make_fullres(Path(args.root), Path(args.work_dir) / "fullres", args.fullres)
         sets.append((f"full resolution ({args.fullres} files, 1000-2000 px)", full))
-    print(f"image_size {args.image_size}, batch 64, {args.workers} workers, "
-          f"augmentation {'on' if args.augment else 'off'}; images/second")
-    header = (f"{'data':44s} {'train imgs':>10s} {'decode/epoch':>12s} {'cache cold':>11s} "
-              f"{'cache warm':>11s} {'warm, 0 wkr':>11s} {'warm/decode':>11s} {'hit setup s':>11s}")
+    print(
+        f"image_size {args.image_size}, batch 64, {args.workers} workers, "
+        f"augmentation {'on' if args.augment else 'off'}; images/second"
+    )
+    header = (
+        f"{'data':44s} {'train imgs':>10s} {'decode/epoch':>12s} {'cache cold':>11s} "
+        f"{'cache warm':>11s} {'warm, 0 wkr':>11s} {'warm/decode':>11s} {'hit setup s':>11s}"
+    )
     print(header)
     for name, root in sets:
         r = measure(root, args.image_size, args.workers, args.epochs, args.augment)
         best_warm = max(r["warm"], r["warm0"])
-        print(f"{name:44s} {r['n_train']:10d} {r['decode']:12.0f} {r['cold']:11.0f} "
-              f"{r['warm']:11.0f} {r['warm0']:11.0f} {best_warm / r['decode']:10.1f}x "
-              f"{r['warm_setup']:11.2f}", flush=True)
+        print(
+            f"{name:44s} {r['n_train']:10d} {r['decode']:12.0f} {r['cold']:11.0f} "
+            f"{r['warm']:11.0f} {r['warm0']:11.0f} {best_warm / r['decode']:10.1f}x "
+            f"{r['warm_setup']:11.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

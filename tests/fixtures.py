@@ -19,8 +19,9 @@ def _save(image: np.ndarray, path: Path, size: tuple[int, int], rgb: bool) -> No
     pil.save(path, quality=90)
 
 
-def make_kermany(root: Path, n_normal: int = 24, n_pneumonia: int = 36, test: bool = True,
-                 seed: int = 0) -> Path:
+def make_kermany(
+    root: Path, n_normal: int = 24, n_pneumonia: int = 36, test: bool = True, seed: int = 0
+) -> Path:
     """A chest_xray folder: real file-name patterns, several images per patient, grey and RGB
     JPEGs of different sizes, a .DS_Store, an exact duplicate, and an upper-case extension."""
     images, _ = generate_phantoms(n_normal + n_pneumonia, 96, seed=seed)
@@ -41,8 +42,12 @@ def make_kermany(root: Path, n_normal: int = 24, n_pneumonia: int = 36, test: bo
             patient = i // 3  # three images per child
             kind = "bacteria" if i % 2 else "virus"
             name = f"person{patient}_{kind}_{i}.jpeg"
-            _save(images[k % len(images)], root / folder / "PNEUMONIA" / name,
-                  (90 + 11 * (i % 5), 110), rgb=i % 4 == 0)
+            _save(
+                images[k % len(images)],
+                root / folder / "PNEUMONIA" / name,
+                (90 + 11 * (i % 5), 110),
+                rgb=i % 4 == 0,
+            )
             k += 1
         (root / folder / "NORMAL" / ".DS_Store").write_bytes(b"\x00\x01junk")
     # an exact duplicate of a pneumonia image under another patient's name
@@ -53,8 +58,13 @@ def make_kermany(root: Path, n_normal: int = 24, n_pneumonia: int = 36, test: bo
     return root
 
 
-def make_pneumoniamnist(root: Path, size: int, n: tuple[int, int, int] = (40, 12, 16),
-                        name: str | None = None, **overrides) -> Path:
+def make_pneumoniamnist(
+    root: Path,
+    size: int,
+    n: tuple[int, int, int] = (40, 12, 16),
+    name: str | None = None,
+    **overrides,
+) -> Path:
     """A PneumoniaMNIST-format npz (uint8 images N x S x S, uint8 labels N x 1)."""
     arrays = {}
     for split, count in zip(("train", "val", "test"), n, strict=True):

@@ -32,8 +32,14 @@ def test_patient_ids_from_file_names(name, patient):
 
 
 def _module(root: Path, tmp_path: Path, **kwargs) -> KermanyDataModule:
-    return KermanyDataModule(root=str(root), image_size=32, cache_dir=str(tmp_path / "cache"),
-                             split_csv=str(tmp_path / "split.csv"), batch_size=8, **kwargs)
+    return KermanyDataModule(
+        root=str(root),
+        image_size=32,
+        cache_dir=str(tmp_path / "cache"),
+        split_csv=str(tmp_path / "split.csv"),
+        batch_size=8,
+        **kwargs,
+    )
 
 
 def _split_rows(tmp_path: Path) -> list[dict]:

@@ -51,8 +51,9 @@ def test_missing_file_says_what_to_put_where(tmp_path):
 def test_offline_download_fails_with_the_same_clear_message(tmp_path, monkeypatch):
     # no medmnist package and an address nothing listens on: what an offline machine sees
     monkeypatch.setitem(__import__("sys").modules, "medmnist", None)
-    dm = PneumoniaMNISTDataModule(root=str(tmp_path), size=64, download=True,
-                                  url="http://127.0.0.1:9/{file}")
+    dm = PneumoniaMNISTDataModule(
+        root=str(tmp_path), size=64, download=True, url="http://127.0.0.1:9/{file}"
+    )
     with pytest.raises(DataError) as err:
         dm.setup("fit")
     text = str(err.value)

@@ -11,15 +11,26 @@ from tests.fixtures import make_kermany, make_pneumoniamnist
 
 pytestmark = pytest.mark.slow
 
-SMALL = ["model.backbone.widths=[8,16]", "callbacks.progress_bar.refresh_rate=0",
-         "trainer.enable_model_summary=false", "batch_size=16"]
+SMALL = [
+    "model.backbone.widths=[8,16]",
+    "callbacks.progress_bar.refresh_rate=0",
+    "trainer.enable_model_summary=false",
+    "batch_size=16",
+]
 
 
 def test_kermany_run_logs_splits_writes_csv_and_hits_the_cache_next_time(workdir):
     root = make_kermany(workdir / "chest_xray", test=False)
-    args = ["data=kermany", f"data.root={root}", "data.test_fraction=0.25",
-            "data.image_size=32", "data.num_workers=0", "epochs=2", "loss.pos_weight=auto",
-            *SMALL]
+    args = [
+        "data=kermany",
+        f"data.root={root}",
+        "data.test_fraction=0.25",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "epochs=2",
+        "loss.pos_weight=auto",
+        *SMALL,
+    ]
     first = run_cli(*args, cwd=workdir)
     assert_ok(first)
     log = first.stdout + first.stderr
@@ -50,8 +61,14 @@ def test_missing_kermany_root_is_one_clear_message(workdir):
 
 def test_pneumoniamnist_run(workdir):
     make_pneumoniamnist(workdir / "npz", 28)
-    proc = run_cli("data=pneumoniamnist", f"data.root={workdir / 'npz'}", "data.size=28",
-                   "epochs=1", *SMALL, cwd=workdir)
+    proc = run_cli(
+        "data=pneumoniamnist",
+        f"data.root={workdir / 'npz'}",
+        "data.size=28",
+        "epochs=1",
+        *SMALL,
+        cwd=workdir,
+    )
     assert_ok(proc)
     (run,) = run_dirs(workdir / "logs")
     assert metrics(run)["config"]["image_size"] == 28

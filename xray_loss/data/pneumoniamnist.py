@@ -51,9 +51,11 @@ def read_npz(path: Path, size: int) -> dict[str, Split]:
                     f"expected uint8 (N, {size}, {size}) for data.size={size}."
                 )
             labels = labels.reshape(-1) if labels.ndim == 2 and labels.shape[1] == 1 else labels
-            if labels.ndim != 1 or len(labels) != len(images) or not set(
-                np.unique(labels).tolist()
-            ) <= {0, 1}:
+            if (
+                labels.ndim != 1
+                or len(labels) != len(images)
+                or not set(np.unique(labels).tolist()) <= {0, 1}
+            ):
                 raise DataError(
                     f"{path}: {name}_labels has shape {data[f'{name}_labels'].shape} with values "
                     f"{np.unique(labels)[:5].tolist()}; expected (N, 1) of 0/1 with "
