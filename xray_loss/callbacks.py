@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -110,8 +111,8 @@ class TestReport(L.Callback):
     for bootstrap confidence intervals and calibration.
     """
 
-    def __init__(self, output_dir: str, filename: str = "test_predictions.csv") -> None:
-        self.path = Path(output_dir) / filename
+    def __init__(self, output_dir: str) -> None:
+        self.dir = Path(output_dir)
 
     @rank_zero_only
     def on_test_end(self, trainer, pl_module) -> None:
@@ -119,8 +120,9 @@ class TestReport(L.Callback):
         probs, labels = pl_module.test_probs, pl_module.test_labels
         if probs is None or probs.numel() == 0:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "w", newline="") as f:
+        suffix = getattr(pl_module, "report_suffix", "")  # e.g. _epoch010 for epoch budgets
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / f"test_predictions{suffix}.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["index", "label", "prob"])
             for i, (y, p) in enumerate(zip(labels.tolist(), probs.tolist(), strict=True)):
@@ -131,9 +133,9 @@ class TestReport(L.Callback):
         threshold = float(pl_module.threshold)
         step = trainer.global_step
         tb.experiment.add_figure(
-            "test/confusion_matrix", confusion_figure(probs, labels, threshold), step
+            f"test{suffix}/confusion_matrix", confusion_figure(probs, labels, threshold), step
         )
-        tb.experiment.add_figure("test/roc", roc_figure(probs, labels, threshold), step)
+        tb.experiment.add_figure(f"test{suffix}/roc", roc_figure(probs, labels, threshold), step)
 
 
 def confusion_figure(probs: torch.Tensor, labels: torch.Tensor, threshold: float):
@@ -177,3 +179,55 @@ def roc_figure(probs: torch.Tensor, labels: torch.Tensor, threshold: float):
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+class EpochBudgets(L.Callback):
+    """Keeps, at each epoch budget (e.g. 10, 30, 100), the best checkpoint so far.
+
+    After fit, testing ``budgets/epochNNN.ckpt`` gives what a separate run of NNN epochs would
+    have reported (best val AUROC checkpoint among its epochs), from one long run: exactly so
+    when nothing in the run depends on its total length (constant lr schedule, no early
+    stopping), since data order and initialisation do not depend on ``epochs``.
+    ``epochs_scale`` shrinks the budgets like it shrinks ``epochs``.
+    """
+
+    def __init__(
+        self, output_dir: str, budgets: list[int] | None = None, epochs_scale: float = 1.0
+    ) -> None:
+        from xray_loss.config import scale_epochs
+
+        self.dir = Path(output_dir) / "checkpoints" / "budgets"
+        self.budgets = {scale_epochs(b, epochs_scale): int(b) for b in (budgets or [])}
+        self.saved: dict[int, dict] = {}
+
+    def state_dict(self) -> dict:
+        return {"saved": self.saved}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.saved = {int(k): v for k, v in state_dict.get("saved", {}).items()}
+
+    # ModelCheckpoint updates its best at the end of each epoch, after any other callback's
+    # on_train_epoch_end: so look at it when the next epoch starts, or when fit ends.
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._keep(trainer, trainer.current_epoch)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._keep(trainer, trainer.current_epoch)
+
+    def _keep(self, trainer, epochs_done: int) -> None:
+        nominal = self.budgets.get(epochs_done)
+        checkpoint = trainer.checkpoint_callback
+        if nominal is None or nominal in self.saved or checkpoint is None:
+            return
+        if not checkpoint.best_model_path:
+            return
+        path = self.dir / f"epoch{nominal:03d}.ckpt"
+        if trainer.is_global_zero:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(checkpoint.best_model_path, path)
+        trainer.strategy.barrier()
+        self.saved[nominal] = {
+            "checkpoint": str(path),
+            "epochs_trained": epochs_done,
+            "best_val_auroc": float(checkpoint.best_model_score),
+        }

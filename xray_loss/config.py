@@ -25,6 +25,7 @@ _NAME_EXCLUDED = (
     "data.root",
     "data.cache_dir",
     "debug",
+    "seeds=",
 )
 _MAX_NAME = 120
 

@@ -103,6 +103,7 @@ class XrayClassifier(L.LightningModule):
         self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.test_probs: torch.Tensor | None = None
         self.test_labels: torch.Tensor | None = None
+        self.report_suffix = ""  # names the test report files of an epoch-budget test
 
     # --- model -------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:

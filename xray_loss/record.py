@@ -49,9 +49,10 @@ def now_iso() -> str:
 class RunRecord:
     """The metrics.json of one run directory."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, write: bool = True) -> None:
         self.path = Path(run_dir) / "metrics.json"
         self.data: dict[str, Any] = read_record(self.path) or {}
+        self.write = write  # False on DDP ranks other than 0: they keep the data, write nothing
 
     @property
     def status(self) -> str | None:
@@ -59,11 +60,13 @@ class RunRecord:
 
     def update(self, **fields: Any) -> None:
         self.data.update(fields)
-        write_json_atomic(self.path, self.data)
+        if self.write:
+            write_json_atomic(self.path, self.data)
 
     def start(self, **fields: Any) -> None:
         self.data = {"status": "running", "started": now_iso(), **fields}
-        write_json_atomic(self.path, self.data)
+        if self.write:
+            write_json_atomic(self.path, self.data)
 
     def finish(self, status: str, **fields: Any) -> None:
         assert status in STATUSES, status

@@ -11,6 +11,7 @@ directory of a multirun): the composed config (``.hydra/``), ``metrics.json``, c
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from pathlib import Path
@@ -24,8 +25,9 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from xray_loss.callbacks import TrainingDiverged
+from xray_loss.callbacks import EpochBudgets, TrainingDiverged
 from xray_loss.config import ConfigError, check_config, hydra_choice_summary, register_resolvers
+from xray_loss.ddp import LocalRanks, global_rank, is_ddp, world_size
 from xray_loss.record import RunRecord
 
 log = logging.getLogger("xray_loss.train")
@@ -80,30 +82,90 @@ def write_hparams(trainer: L.Trainer, params: dict[str, Any], metrics: dict[str,
             logger.experiment.flush()
 
 
-def build_trainer(cfg: DictConfig) -> L.Trainer:
-    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c]
+def build_trainer(cfg: DictConfig, extra_callbacks: list[L.Callback]) -> L.Trainer:
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c] + extra_callbacks
     loggers = [instantiate(c) for c in cfg.logger.values() if c]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+
+
+def configure_threads(cfg: DictConfig) -> None:
+    """``threads=auto``: share the CPU cores between the jobs/ranks running side by side."""
+    threads = cfg.get("threads", "auto")
+    if threads != "auto":
+        torch.set_num_threads(int(threads))
+        return
+    launcher = HydraConfig.get().launcher
+    parallel = 1
+    if "Joblib" in str(launcher.get("_target_", "")):
+        n_jobs = launcher.get("n_jobs") or -1
+        parallel = os.cpu_count() if n_jobs < 0 else n_jobs
+    if is_ddp(cfg) and str(cfg.trainer.accelerator) == "cpu":
+        parallel *= world_size(cfg)
+    if parallel > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel))
+
+
+def pruning_callbacks(cfg: DictConfig) -> list[L.Callback]:
+    """The Optuna pruning hook when this job is a trial of ``hparams_search=optuna``."""
+    trial_id = cfg.get("optuna_trial_id")
+    if trial_id is None:
+        return []
+    from xray_loss.optuna_pruning import OptunaPruning, trial_from_sweep
+
+    return [OptunaPruning(trial_from_sweep(int(trial_id)))]
+
+
+def test_budgets(trainer: L.Trainer, module: L.LightningModule, datamodule) -> dict[str, Any]:
+    """Test metrics of the best checkpoint at each epoch budget (``budgets=[10,30,100]``)."""
+    keeper = next((c for c in trainer.callbacks if isinstance(c, EpochBudgets)), None)
+    results: dict[str, Any] = {}
+    for nominal, info in sorted((keeper.saved if keeper else {}).items()):
+        module.report_suffix = f"_epoch{nominal:03d}"
+        test = trainer.test(
+            module, datamodule=datamodule, ckpt_path=info["checkpoint"], verbose=False
+        )[0]
+        epoch = torch.load(info["checkpoint"], map_location="cpu", weights_only=True)["epoch"]
+        results[str(nominal)] = {
+            **info,
+            "best_epoch": epoch + 1,
+            "test": {k: float(v) for k, v in test.items()},
+        }
+        for logger in trainer.loggers:
+            logger.log_metrics({f"budget/{k}": float(v) for k, v in test.items()}, step=nominal)
+    module.report_suffix = ""
+    return results
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then test the best checkpoint; returns the run record written to metrics.json."""
     run_dir = Path(cfg.paths.output_dir)
-    record = RunRecord(run_dir)
+    rank = global_rank()
+    record = RunRecord(run_dir, write=rank == 0)
     if cfg.resume and record.status == "completed":
         log.info("resume: %s already completed, skipped", run_dir)
         return record.data
     last_ckpt = run_dir / "checkpoints" / "last.ckpt"
-    resume_from = str(last_ckpt) if cfg.resume and last_ckpt.exists() else None
+    interrupted = cfg.resume and record.status == "running" and last_ckpt.exists()
+    resume_from = str(last_ckpt) if interrupted else None
     record.start(
         run_dir=str(run_dir),
         overrides=list(HydraConfig.get().overrides.task),
         resumed_from=resume_from,
     )
     started = time.time()
+    ranks = LocalRanks()
+
+    def fail(status: str, error: str) -> None:
+        ranks.finish(failed=True)
+        record.finish(status, error=error, wall_time_s=round(time.time() - started, 2))
+
     try:
         check_config(cfg)
         record.update(config=hyperparameters(cfg))
+        configure_threads(cfg)
+        ranks.start(cfg, run_dir)
+        if rank > 0 or ranks.children:  # every rank keeps the config it ran, for audits
+            OmegaConf.save(cfg, run_dir / ".hydra" / f"resolved_rank{rank}.yaml", resolve=True)
         L.seed_everything(int(cfg.seed), workers=True, verbose=False)
         datamodule: L.LightningDataModule = instantiate(cfg.data)
         datamodule.setup("fit")  # report splits and class counts before building the model
@@ -114,30 +176,31 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             _recursive_=False,
             _convert_="all",
         )
-        trainer = build_trainer(cfg)
+        trainer = build_trainer(cfg, pruning_callbacks(cfg))
         trainer.fit(module, datamodule=datamodule, ckpt_path=resume_from)
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint else ""
+        budgets = test_budgets(trainer, module, datamodule)
         val = trainer.validate(
             module, datamodule=datamodule, ckpt_path=best or None, verbose=False
         )[0]
         test = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)[0]
     except TrainingDiverged as err:
-        record.finish("diverged", error=str(err), wall_time_s=round(time.time() - started, 2))
+        fail("diverged", str(err))
         raise RunFailed(str(err)) from None
     except ConfigError as err:
-        record.finish("failed", error=str(err), wall_time_s=round(time.time() - started, 2))
+        fail("failed", str(err))
         raise
     except (ValueError, FileNotFoundError) as err:  # bad data or options, already explained
-        record.finish("failed", error=str(err), wall_time_s=round(time.time() - started, 2))
+        fail("failed", str(err))
         raise RunFailed(str(err)) from None
     except BaseException as err:
-        record.finish(
-            "failed",
-            error=f"{type(err).__name__}: {err}",
-            wall_time_s=round(time.time() - started, 2),
-        )
+        if type(err).__name__ == "TrialPruned":
+            fail("pruned", str(err))
+            return record.data
+        fail("failed", f"{type(err).__name__}: {err}")
         raise
+    ranks.finish(failed=False)
 
     best_epoch = (
         torch.load(best, map_location="cpu", weights_only=True)["epoch"] + 1 if best else None
@@ -151,6 +214,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "val": {k: float(v) for k, v in val.items()},
         "test": {k: float(v) for k, v in test.items()},
         "best_val_auroc": best_val_auroc,
+        "budgets": budgets,
+        "world_size": trainer.world_size,
         "wall_time_s": round(time.time() - started, 2),
     }
     if trainer.is_global_zero:
@@ -171,7 +236,7 @@ def print_summary(run_dir: Path, result: dict[str, Any], cfg: DictConfig) -> Non
     lines = [
         "",
         f"Run finished: best epoch {result['best_epoch']}, "
-        f"val AUROC {result['best_val_auroc']:.4f}",
+        f"val AUROC {result['best_val_auroc'] or float('nan'):.4f}",
         "Test (best checkpoint, threshold {:.3f}): ".format(result["threshold"])
         + ", ".join(f"{m} {test.get(f'test/{m}', float('nan')):.4f}" for m in METRIC_NAMES),
         f"Run directory: {run_dir}",

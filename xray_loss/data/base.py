@@ -157,7 +157,8 @@ class XrayDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             shuffle=train,
-            drop_last=train and len(dataset) > self.batch_size,
+            # a ragged last batch adds a noisy step; drop it unless the split is that small
+            drop_last=train and len(dataset) >= 2 * self.batch_size,
             num_workers=workers,
             persistent_workers=workers > 0,
             collate_fn=keep_batch,

@@ -1,0 +1,186 @@
+"""Multirun bookkeeping: where a sweep lives, its summary tables, resumption, failures.
+
+``SweepBookkeeping`` is a Hydra callback (``conf/hydra/default.yaml``):
+
+- ``on_multirun_start``: names the sweep directory after the command's overrides
+  (``<time>_<hash>``); with ``resume=true`` it reuses the latest directory of the same command,
+  so finished jobs are skipped and interrupted ones continue from ``last.ckpt``.
+- ``on_job_end`` (in whichever process ran the job): rewrites ``sweep_summary.csv`` (one row per
+  job) and ``sweep_aggregate.csv`` (mean and std over seeds and folds) from the jobs'
+  ``metrics.json`` files, atomically, so the tables can be read while the sweep runs.
+- ``on_multirun_end``: final tables; if any job failed or diverged it says which and exits
+  non-zero, after every other job has run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import logging
+import math
+import os
+import sys
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, open_dict, read_write
+
+from xray_loss.record import read_record
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "sweep_summary.csv"
+AGGREGATE = "sweep_aggregate.csv"
+TEST_METRICS = ("acc", "auroc", "f1", "sensitivity", "specificity", "loss")
+FAILED = ("failed", "diverged")
+# overrides that do not change which jobs a sweep runs (left out of its identity)
+_NOT_IDENTITY = (
+    "resume=",
+    "hydra.sweeper.n_trials=",
+    "hydra.sweeper.n_jobs=",
+    "hydra.launcher.",
+    "hydra.sweep.dir=",
+)
+# axes whose values are repetitions of one configuration (averaged in the aggregate)
+REPEAT_KEYS = ("seed", "data.fold")
+
+
+def sweep_key(overrides: list[str]) -> str:
+    """A short, stable id of a sweep command (its overrides, minus resume and launcher knobs)."""
+    kept = sorted(o for o in overrides if not o.lstrip("+~").startswith(_NOT_IDENTITY))
+    return hashlib.sha1("\n".join(kept).encode()).hexdigest()[:8]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.6g}"
+    return "" if value is None else str(value)
+
+
+def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job directory (one holding metrics.json) under the sweep."""
+    rows = []
+    for metrics in sorted(Path(sweep_dir).glob("*/metrics.json")):
+        record = read_record(metrics)
+        if record is None:
+            continue
+        test = record.get("test") or {}
+        row = {
+            "job": metrics.parent.name,
+            "overrides": " ".join(record.get("overrides", [])),
+            "status": record.get("status"),
+            "best_val_auroc": record.get("best_val_auroc"),
+            "best_epoch": record.get("best_epoch"),
+            **{f"test_{m}": test.get(f"test/{m}") for m in TEST_METRICS},
+            "threshold": record.get("threshold"),
+            "wall_time_s": record.get("wall_time_s"),
+            "error": (record.get("error") or "").replace("\n", " ")[:300],
+            "run_dir": str(metrics.parent),
+        }
+        rows.append(row)
+    return rows
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _fmt(row.get(k)) for k in columns})
+    return out.getvalue()
+
+
+def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean and std of the completed jobs of each configuration, over seeds and folds."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        if row["status"] != "completed":
+            continue
+        config = " ".join(
+            o for o in row["overrides"].split() if o.lstrip("+").split("=")[0] not in REPEAT_KEYS
+        )
+        groups[config].append(row)
+    out = []
+    for config, members in sorted(groups.items()):
+        agg: dict[str, Any] = {"config": config, "n": len(members)}
+        for key in ("best_val_auroc", *(f"test_{m}" for m in TEST_METRICS)):
+            values = [float(r[key]) for r in members if r.get(key) is not None]
+            if values:
+                mean = sum(values) / len(values)
+                var = sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)
+                agg[f"{key}_mean"], agg[f"{key}_std"] = mean, math.sqrt(var)
+        out.append(agg)
+    return out
+
+
+def write_tables(sweep_dir: Path) -> list[dict[str, Any]]:
+    """(Re)write sweep_summary.csv and sweep_aggregate.csv; return the job rows."""
+    rows = job_rows(sweep_dir)
+    if not rows:
+        return rows
+    _write_atomic(Path(sweep_dir) / SUMMARY, _table(rows, list(rows[0])))
+    agg = aggregate(rows)
+    if agg:
+        columns = ["config", "n"] + [
+            f"{k}_{s}"
+            for k in ("best_val_auroc", *(f"test_{m}" for m in TEST_METRICS))
+            for s in ("mean", "std")
+        ]
+        _write_atomic(Path(sweep_dir) / AGGREGATE, _table(agg, columns))
+    return rows
+
+
+def _is_rank_zero() -> bool:
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "SLURM_PROCID", "LOCAL_RANK"))
+
+
+class SweepBookkeeping(Callback):
+    """Hydra callback; see the module docstring."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        hydra_overrides = list(config.hydra.overrides.hydra)
+        if any(o.startswith("hydra.sweep.dir=") for o in hydra_overrides):
+            return  # the user chose the directory
+        base = Path(config.paths.log_dir) / str(config.name) / "multirun"
+        key = sweep_key(list(config.hydra.overrides.task) + hydra_overrides)
+        previous = sorted(base.glob(f"*_{key}")) if base.exists() else []
+        if config.get("resume") and previous:
+            sweep_dir = previous[-1]
+            log.info("resume=true: continuing the sweep in %s", sweep_dir)
+        else:
+            if config.get("resume"):
+                log.info("resume=true: no earlier sweep of this command under %s", base)
+            sweep_dir = base / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{key}"
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.sweep.dir = str(sweep_dir)
+            config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{sweep_dir}'")
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if _is_rank_zero():
+            write_tables(Path(config.hydra.sweep.dir))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = write_tables(sweep_dir)
+        failed = [r for r in rows if r["status"] in FAILED]
+        done = sum(r["status"] == "completed" for r in rows)
+        print(
+            f"\nSweep finished: {done} of {len(rows)} job(s) completed. "
+            f"Summary: {sweep_dir / SUMMARY}",
+            flush=True,
+        )
+        if failed:
+            lines = [f"  {r['job']}: {r['status']}: {r['error']}" for r in failed]
+            print(f"{len(failed)} job(s) failed:\n" + "\n".join(lines), file=sys.stderr, flush=True)
+            sys.exit(1)
