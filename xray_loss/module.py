@@ -59,6 +59,7 @@ class XrayClassifier(L.LightningModule):
         threshold: decision threshold for test metrics: a number, or ``youden`` (chosen on
             the validation split at every validation, stored with each checkpoint).
         channels_last: "auto" (on CUDA only), true or false.
+        compile: ``torch.compile`` the forward pass (weights and checkpoints are unchanged).
         run_config: the resolved run config, stored for ``eval``/``predict``.
     """
 
@@ -73,6 +74,7 @@ class XrayClassifier(L.LightningModule):
         std: float = 0.5,
         threshold: float | str = 0.5,
         channels_last: bool | str = "auto",
+        compile: bool = False,
         run_config: dict | None = None,
     ) -> None:
         super().__init__()
@@ -96,6 +98,7 @@ class XrayClassifier(L.LightningModule):
             "threshold", torch.tensor(0.5 if threshold == "youden" else float(threshold))
         )
         self.use_channels_last = channels_last is True
+        self._logits = self._logits_eager
         self.train_metrics = MetricCollection({"acc": BinaryAccuracy()}, prefix="train/")
         self.val_metrics = stage_metrics("val")
         self.test_metrics = stage_metrics("test")
@@ -107,10 +110,14 @@ class XrayClassifier(L.LightningModule):
 
     # --- model -------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
+        # runs before Lightning moves the model: ask the strategy where it is going
+        device = self.trainer.strategy.root_device if self._trainer else self.device
         if self.hparams.channels_last == "auto":
-            self.use_channels_last = self.device.type == "cuda"
+            self.use_channels_last = device.type == "cuda"
         if self.use_channels_last:
             self.to(memory_format=torch.channels_last)
+        if self.hparams.compile and self._logits == self._logits_eager:
+            self._logits = torch.compile(self._logits_eager)
 
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 or [0, 1] images -> normalised float, with as many channels as the backbone."""
@@ -123,6 +130,9 @@ class XrayClassifier(L.LightningModule):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._logits(x)
+
+    def _logits_eager(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(self.preprocess(x)))
 
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:

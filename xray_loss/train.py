@@ -25,6 +25,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from xray_loss.allocator import retain_freed_memory
 from xray_loss.callbacks import EpochBudgets, TrainingDiverged
 from xray_loss.config import ConfigError, check_config, hydra_choice_summary, register_resolvers
 from xray_loss.ddp import LocalRanks, global_rank, is_ddp, world_size
@@ -248,6 +249,7 @@ def print_summary(run_dir: Path, result: dict[str, Any], cfg: DictConfig) -> Non
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> dict[str, Any]:
     """Hydra entry point. In a multirun a failed job is recorded and the sweep goes on."""
+    retain_freed_memory()
     if HydraConfig.get().mode != RunMode.MULTIRUN:
         return train(cfg)
     try:

@@ -153,6 +153,7 @@ class XrayDataModule(L.LightningDataModule):
             transform = sample_augment(self.augment_cfg, self.splits[split].images.shape[-1])
         dataset = ImageTensorDataset(self.splits[split], transform)
         workers = 0 if self.on_device else self.num_workers
+        on_cuda = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -161,6 +162,7 @@ class XrayDataModule(L.LightningDataModule):
             drop_last=train and len(dataset) >= 2 * self.batch_size,
             num_workers=workers,
             persistent_workers=workers > 0,
+            pin_memory=on_cuda and not self.on_device,
             collate_fn=keep_batch,
             generator=torch.Generator().manual_seed(self.seed) if train else None,
         )
