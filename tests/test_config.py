@@ -82,3 +82,35 @@ def test_run_directory_names_come_from_overrides():
     assert run_dirname([], "_", "job0") == "job0"
     long = run_dirname([f"model.backbone.widths=[{','.join(['64'] * 40)}]"])
     assert len(long) <= 120 and "/" not in long
+
+
+def test_slurm_preset_asks_one_task_per_gpu():
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(
+            config_name="train",
+            overrides=[
+                "hydra/launcher=slurm",
+                "trainer=ddp",
+                "trainer.devices=4",
+                "trainer.num_nodes=2",
+            ],
+            return_hydra_config=True,
+        )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["loss_compare", "epochs_sweep", "epochs_budget", "lr_sweep", "full_grid", "kermany_cpu"],
+)
+def test_experiments_compose(name):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(
+            config_name="train", overrides=[f"experiment={name}"], return_hydra_config=True
+        )
+    assert cfg.name == name
+    if name != "kermany_cpu":
+        params = cfg.hydra.sweeper.params
+        assert params.seed == "range(0,3)"

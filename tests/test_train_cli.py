@@ -69,7 +69,7 @@ def test_a_run_leaves_metrics_checkpoints_and_tensorboard_logs(workdir):
 
     with open(run / "test_predictions.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 48 and {r["label"] for r in rows} == {"0", "1"}
+    assert len(rows) == 96 and {r["label"] for r in rows} == {"0", "1"}
 
 
 def test_multirun_grid_gives_one_run_per_job_with_heads_of_the_right_size(workdir):

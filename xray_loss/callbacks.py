@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -104,6 +105,32 @@ class SampleGrid(L.Callback):
             tb.experiment.add_image(f"samples/{name}", grid, global_step=0)
 
 
+class DashboardLayout(L.Callback):
+    """TensorBoard custom-scalars layout: one chart per metric with train and val together.
+
+    The Custom Scalars tab then compares runs metric by metric without clicking through tags.
+    """
+
+    CHARTS = {
+        "loss": ["train/loss", "val/loss"],
+        "accuracy": ["train/acc", "val/acc"],
+        "AUROC": ["val/auroc"],
+        "F1": ["val/f1"],
+        "sensitivity / specificity": ["val/sensitivity", "val/specificity"],
+    }
+
+    @rank_zero_only
+    def on_fit_start(self, trainer, pl_module) -> None:
+        tb = _tensorboard(trainer)
+        if tb is None:
+            return
+        charts = {
+            name: ["Multiline", [f"^{re.escape(tag)}$" for tag in tags]]
+            for name, tags in self.CHARTS.items()
+        }
+        tb.experiment.add_custom_scalars({"xray_loss": charts})
+
+
 class TestReport(L.Callback):
     """At test time: confusion matrix and ROC curve to TensorBoard, predictions to a CSV.
 
@@ -111,8 +138,9 @@ class TestReport(L.Callback):
     for bootstrap confidence intervals and calibration.
     """
 
-    def __init__(self, output_dir: str) -> None:
+    def __init__(self, output_dir: str, save_figures: bool = False) -> None:
         self.dir = Path(output_dir)
+        self.save_figures = save_figures  # also as confusion_matrix.png and roc.png
 
     @rank_zero_only
     def on_test_end(self, trainer, pl_module) -> None:
@@ -127,15 +155,18 @@ class TestReport(L.Callback):
             writer.writerow(["index", "label", "prob"])
             for i, (y, p) in enumerate(zip(labels.tolist(), probs.tolist(), strict=True)):
                 writer.writerow([i, y, f"{p:.6f}"])
-        tb = _tensorboard(trainer)
-        if tb is None:
-            return
         threshold = float(pl_module.threshold)
-        step = trainer.global_step
-        tb.experiment.add_figure(
-            f"test{suffix}/confusion_matrix", confusion_figure(probs, labels, threshold), step
-        )
-        tb.experiment.add_figure(f"test{suffix}/roc", roc_figure(probs, labels, threshold), step)
+        figures = {
+            "confusion_matrix": confusion_figure(probs, labels, threshold),
+            "roc": roc_figure(probs, labels, threshold),
+        }
+        tb = _tensorboard(trainer)
+        for name, fig in figures.items():
+            if self.save_figures:
+                fig.savefig(self.dir / f"{name}{suffix}.png", dpi=120)
+            if tb is not None:
+                tb.experiment.add_figure(f"test{suffix}/{name}", fig, trainer.global_step)
+            plt.close(fig)
 
 
 def confusion_figure(probs: torch.Tensor, labels: torch.Tensor, threshold: float):

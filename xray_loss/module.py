@@ -7,12 +7,13 @@ model with no Hydra and no pickled objects.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from torchmetrics import MetricCollection
+from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
@@ -21,6 +22,8 @@ from torchmetrics.classification import (
     BinarySpecificity,
 )
 from torchmetrics.functional.classification import binary_roc
+
+from xray_loss.config import ConfigError
 
 
 def stage_metrics(stage: str, threshold: float = 0.5) -> MetricCollection:
@@ -94,12 +97,20 @@ class XrayClassifier(L.LightningModule):
             raise ValueError(f"threshold must be a probability or 'youden', got {threshold!r}.")
         self.register_buffer("mean", torch.tensor(float(mean)))
         self.register_buffer("std", torch.tensor(float(std)))
+        # the decision threshold of the test metrics, and Youden's threshold on the validation
+        # split of the checkpoint's epoch (kept either way, for `predict threshold=youden`)
         self.register_buffer(
             "threshold", torch.tensor(0.5 if threshold == "youden" else float(threshold))
         )
+        self.register_buffer("youden_threshold", torch.tensor(0.5))
         self.use_channels_last = channels_last is True
         self._logits = self._logits_eager
-        self.train_metrics = MetricCollection({"acc": BinaryAccuracy()}, prefix="train/")
+        # training statistics accumulate on the device and are logged once per epoch: no
+        # input validation, NaN checks (host syncs) or logging machinery on the hot path
+        self.train_metrics = MetricCollection(
+            {"acc": BinaryAccuracy(validate_args=False)}, prefix="train/"
+        )
+        self.train_loss = MeanMetric(nan_strategy="disable")
         self.val_metrics = stage_metrics("val")
         self.test_metrics = stage_metrics("test")
         self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
@@ -107,6 +118,8 @@ class XrayClassifier(L.LightningModule):
         self.test_probs: torch.Tensor | None = None
         self.test_labels: torch.Tensor | None = None
         self.report_suffix = ""  # names the test report files of an epoch-budget test
+        # False while re-evaluating checkpoints after fit, so per-epoch curves stay per epoch
+        self.log_to_logger = True
 
     # --- model -------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -145,13 +158,13 @@ class XrayClassifier(L.LightningModule):
         logits = self(x)
         loss = self.head.loss(logits, y)
         self.train_metrics.update(self.head.prob(logits.detach()).float(), y)
-        self.log(
-            "train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=y.shape[0]
-        )
+        self.train_loss.update(loss.detach().float().expand(y.shape[0]))  # weighted by batch
         return loss
 
     def on_train_epoch_end(self) -> None:
+        self.log("train/loss", self.train_loss.compute(), prog_bar=True)
         self.log_dict(self.train_metrics.compute(), prog_bar=True)
+        self.train_loss.reset()
         self.train_metrics.reset()
 
     def _eval_step(self, batch, stage: str, metrics: MetricCollection, outputs: list) -> None:
@@ -164,6 +177,7 @@ class XrayClassifier(L.LightningModule):
             on_epoch=True,
             batch_size=y.shape[0],
             sync_dist=True,
+            logger=self.log_to_logger,
         )
         metrics.update(probs, y)
         outputs.append((probs.detach(), y.detach()))
@@ -172,13 +186,15 @@ class XrayClassifier(L.LightningModule):
         self._eval_step(batch, "val", self.val_metrics, self._val_outputs)
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=False)
+        self.log_dict(self.val_metrics.compute(), logger=self.log_to_logger)
         self.val_metrics.reset()
         probs, labels = self._gather(self._val_outputs)
         self._val_outputs.clear()
-        if self.hparams.threshold == "youden" and not self.trainer.sanity_checking:
-            self.threshold.fill_(youden_threshold(probs, labels))
-        self.log("val/threshold", self.threshold.float())
+        if not self.trainer.sanity_checking and self.trainer.state.fn == "fit" and len(labels):
+            self.youden_threshold.fill_(youden_threshold(probs, labels))
+            if self.hparams.threshold == "youden":
+                self.threshold.fill_(self.youden_threshold)
+        self.log("val/threshold", self.threshold.float(), logger=self.log_to_logger)
 
     def on_test_epoch_start(self) -> None:
         # test metrics use the decision threshold stored with the checkpoint under test
@@ -188,7 +204,7 @@ class XrayClassifier(L.LightningModule):
         self._eval_step(batch, "test", self.test_metrics, self._test_outputs)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
+        self.log_dict(self.test_metrics.compute(), logger=self.log_to_logger)
         self.test_metrics.reset()
         self.test_probs, self.test_labels = self._gather(self._test_outputs)
         self._test_outputs.clear()
@@ -219,3 +235,35 @@ class XrayClassifier(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
         }
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint that cannot be loaded as an xray_loss model; the message says why."""
+
+
+def load_classifier(path: str | Path, map_location: str = "cpu") -> XrayClassifier:
+    """Rebuild a trained model from its checkpoint alone (``weights_only``: no pickled code)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(
+            f"ckpt_path={path} does not exist. Give a checkpoint written by "
+            f"`python -m xray_loss.train`: <run dir>/checkpoints/best-epochNNN.ckpt or last.ckpt."
+        )
+    try:
+        model = XrayClassifier.load_from_checkpoint(
+            path, map_location=map_location, weights_only=True
+        )
+    except Exception as err:  # corrupt file, foreign checkpoint, other architecture
+        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        raise CheckpointError(
+            f"Could not load {path} as an xray_loss checkpoint ({type(err).__name__}: {reason}). "
+            f"Expected an intact checkpoint written by `python -m xray_loss.train` (best-*.ckpt "
+            f"or last.ckpt of a run); a truncated copy or another project's file cannot be used."
+        ) from None
+    model.eval()
+    return model
+
+
+def run_config(model: XrayClassifier) -> dict[str, Any]:
+    """The resolved config of the run that trained ``model`` (empty if unknown)."""
+    return dict(model.hparams.get("run_config") or {})

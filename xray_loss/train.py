@@ -120,6 +120,7 @@ def test_budgets(trainer: L.Trainer, module: L.LightningModule, datamodule) -> d
     """Test metrics of the best checkpoint at each epoch budget (``budgets=[10,30,100]``)."""
     keeper = next((c for c in trainer.callbacks if isinstance(c, EpochBudgets)), None)
     results: dict[str, Any] = {}
+    module.log_to_logger = False  # logged below as budget/..., at step = the budget
     for nominal, info in sorted((keeper.saved if keeper else {}).items()):
         module.report_suffix = f"_epoch{nominal:03d}"
         test = trainer.test(
@@ -134,6 +135,7 @@ def test_budgets(trainer: L.Trainer, module: L.LightningModule, datamodule) -> d
         for logger in trainer.loggers:
             logger.log_metrics({f"budget/{k}": float(v) for k, v in test.items()}, step=nominal)
     module.report_suffix = ""
+    module.log_to_logger = True
     return results
 
 
@@ -182,9 +184,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint else ""
         budgets = test_budgets(trainer, module, datamodule)
+        module.log_to_logger = False  # the best epoch's val metrics, for metrics.json only
         val = trainer.validate(
             module, datamodule=datamodule, ckpt_path=best or None, verbose=False
         )[0]
+        module.log_to_logger = True
         test = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)[0]
     except TrainingDiverged as err:
         fail("diverged", str(err))
