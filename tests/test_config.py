@@ -114,3 +114,20 @@ def test_experiments_compose(name):
     if name != "kermany_cpu":
         params = cfg.hydra.sweeper.params
         assert params.seed == "range(0,3)"
+
+
+def test_paths_from_run_directories_are_quoted_for_hydra():
+    from xray_loss.config import quote_path_overrides
+
+    argv = [
+        "ckpt_path=/logs/x/epochs=30,loss=ce,lr=0.001/checkpoints/best.ckpt",
+        "cam=true",
+        "inputs='already quoted'",
+        "inputs=/scans/it's",
+    ]
+    assert quote_path_overrides(argv, ["ckpt_path", "inputs"]) == [
+        "ckpt_path='/logs/x/epochs=30,loss=ce,lr=0.001/checkpoints/best.ckpt'",
+        "cam=true",
+        "inputs='already quoted'",
+        "inputs='/scans/it\\'s'",
+    ]

@@ -47,18 +47,18 @@ def test_report_writes_the_study_figures_and_summary(sweep, tmp_path):
     # the data behind the figures: 4 panels, series per compared value, epoch ranges
     fig1 = figures["fig1_loss_compare"]["data"]
     assert list(fig1) == ["train/acc", "val/acc", "train/loss", "val/loss"]
-    assert all(set(series) == {"BCE (n=2)", "CE (n=2)"} for series in fig1.values())
-    assert fig1["val/loss"]["CE (n=2)"][0] == [1, 2, 3, 4, 5]  # epochs=100 scaled to 5
+    assert all(set(series) == {"BCE", "CE"} for series in fig1.values())
+    assert fig1["val/loss"]["CE"][0] == [1, 2, 3, 4, 5]  # epochs=100 scaled to 5
     fig2e = figures["fig2_epochs"]["data"]["val/acc"]
     assert {k: v[0][-1] for k, v in fig2e.items()} == {
-        "epochs=10 (n=2)": 1,
-        "epochs=30 (n=2)": 2,
-        "epochs=100 (n=2)": 5,
+        "epochs=10": 1,
+        "epochs=30": 2,
+        "epochs=100": 5,
     }
     assert set(figures["fig2_lr"]["data"]["train/loss"]) == {
-        "lr=1e-05 (n=2)",
-        "lr=0.0001 (n=2)",
-        "lr=0.001 (n=2)",
+        "lr=1e-05",
+        "lr=0.0001",
+        "lr=0.001",
     }
     assert set(figures["calibration"]["data"]) == {"bce", "ce"}
     # summary: 18 configurations x 2 seeds, CIs, one best row, paired BCE vs CE tests
@@ -270,10 +270,32 @@ def test_tensorboard_serves_every_run_metric_and_hyperparameter(sweep):
         experiment = _get(f"{base}/data/plugin/hparams/experiment", {"experimentName": ""})
         hparams = {h["name"] for h in experiment["hparamInfos"]}
         assert {"loss", "lr", "epochs", "seed", "batch_size", "model", "data"} <= hparams
-        swept = {h["name"]: h for h in experiment["hparamInfos"]}
-        assert set(swept["loss"]["domainDiscrete"]) == {"bce", "ce"}
         metric_tags = {m["name"]["tag"] for m in experiment["metricInfos"]}
         assert {"val/auroc_best", "test/acc", "test/auroc"} <= metric_tags
+        # the HParams table: one session per run, with its swept values and metrics
+        groups = _get(
+            f"{base}/data/plugin/hparams/session_groups",
+            {
+                "experimentName": "",
+                "colParams": [],
+                "startIndex": 0,
+                "sliceSize": 1000,
+                "allowedStatuses": [
+                    "STATUS_UNKNOWN",
+                    "STATUS_SUCCESS",
+                    "STATUS_FAILURE",
+                    "STATUS_RUNNING",
+                ],
+            },
+        )["sessionGroups"]
+        assert {g["name"] for g in groups} == expected
+        assert {g["hparams"]["loss"] for g in groups} == {"bce", "ce"}
+        assert {g["hparams"]["lr"] for g in groups} == {1e-5, 1e-4, 1e-3}
+        assert {g["hparams"]["epochs"] for g in groups} == {10, 30, 100}
+        for g in groups:
+            assert {"test/acc", "test/auroc", "val/auroc_best"} <= {
+                m["name"]["tag"] for m in g["metricValues"]
+            }
         layout = _get(f"{base}/data/plugin/custom_scalars/layout")
         charts = {c["title"] for cat in layout["category"] for c in cat["chart"]}
         assert {"loss", "accuracy", "AUROC"} <= charts

@@ -50,6 +50,22 @@ def run_dirname(overrides: Sequence[str], prefix: str = "", fallback: str = "") 
     return f"{prefix}{name}" if name else fallback
 
 
+def quote_path_overrides(argv: list[str], keys: Sequence[str]) -> list[str]:
+    """Quote path values for Hydra's override parser.
+
+    Run directories are named after their overrides (``.../loss=ce,lr=0.001/...``), and a path
+    holding ``=`` or ``,`` is a parse error as a bare override value. Paths given for ``keys``
+    (e.g. ``ckpt_path``) are wrapped in single quotes, so a path copied from a run works as is.
+    """
+    out = []
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep and key in keys and value and value[0] not in "'\"":
+            value = "'" + value.replace("'", "\\'") + "'"
+        out.append(f"{key}{sep}{value}" if sep else arg)
+    return out
+
+
 def scale_epochs(epochs: int, scale: float) -> int:
     """Epochs actually trained: ``epochs * epochs_scale``, at least 1 (for debug sweeps)."""
     return max(1, round(int(epochs) * float(scale)))

@@ -12,6 +12,7 @@ confusion_matrix.png, roc.png and test_predictions.csv into logs/eval/runs/<time
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from xray_loss.callbacks import TestReport
-from xray_loss.config import ConfigError, register_resolvers
+from xray_loss.config import ConfigError, quote_path_overrides, register_resolvers
 from xray_loss.module import load_classifier, run_config
 from xray_loss.record import RunRecord
 
@@ -95,4 +96,5 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_path_overrides(sys.argv[1:], ("ckpt_path", "data.root"))
     main()

@@ -118,8 +118,6 @@ class XrayClassifier(L.LightningModule):
         self.test_probs: torch.Tensor | None = None
         self.test_labels: torch.Tensor | None = None
         self.report_suffix = ""  # names the test report files of an epoch-budget test
-        # False while re-evaluating checkpoints after fit, so per-epoch curves stay per epoch
-        self.log_to_logger = True
 
     # --- model -------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -177,7 +175,6 @@ class XrayClassifier(L.LightningModule):
             on_epoch=True,
             batch_size=y.shape[0],
             sync_dist=True,
-            logger=self.log_to_logger,
         )
         metrics.update(probs, y)
         outputs.append((probs.detach(), y.detach()))
@@ -186,7 +183,7 @@ class XrayClassifier(L.LightningModule):
         self._eval_step(batch, "val", self.val_metrics, self._val_outputs)
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), logger=self.log_to_logger)
+        self.log_dict(self.val_metrics.compute())
         self.val_metrics.reset()
         probs, labels = self._gather(self._val_outputs)
         self._val_outputs.clear()
@@ -194,7 +191,7 @@ class XrayClassifier(L.LightningModule):
             self.youden_threshold.fill_(youden_threshold(probs, labels))
             if self.hparams.threshold == "youden":
                 self.threshold.fill_(self.youden_threshold)
-        self.log("val/threshold", self.threshold.float(), logger=self.log_to_logger)
+        self.log("val/threshold", self.threshold.float())
 
     def on_test_epoch_start(self) -> None:
         # test metrics use the decision threshold stored with the checkpoint under test
@@ -204,7 +201,7 @@ class XrayClassifier(L.LightningModule):
         self._eval_step(batch, "test", self.test_metrics, self._test_outputs)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute(), logger=self.log_to_logger)
+        self.log_dict(self.test_metrics.compute())
         self.test_metrics.reset()
         self.test_probs, self.test_labels = self._gather(self._test_outputs)
         self._test_outputs.clear()

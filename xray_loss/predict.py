@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import matplotlib
 import torch
 from omegaconf import DictConfig
 
-from xray_loss.config import ConfigError, register_resolvers
+from xray_loss.config import ConfigError, quote_path_overrides, register_resolvers
 from xray_loss.data.images import ImageDecodeError, decode
 from xray_loss.gradcam import grad_cam
 from xray_loss.module import load_classifier, run_config
@@ -135,4 +136,5 @@ def main(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = quote_path_overrides(sys.argv[1:], ("ckpt_path", "inputs"))
     main()

@@ -14,6 +14,7 @@ import logging
 import os
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -116,27 +117,37 @@ def pruning_callbacks(cfg: DictConfig) -> list[L.Callback]:
     return [OptunaPruning(trial_from_sweep(int(trial_id)))]
 
 
+def stage_metrics(trainer: L.Trainer, stage: str) -> dict[str, float]:
+    """The ``stage/...`` metrics of the last evaluation, logged to TensorBoard or not."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(f"{stage}/")}
+
+
 def test_budgets(trainer: L.Trainer, module: L.LightningModule, datamodule) -> dict[str, Any]:
     """Test metrics of the best checkpoint at each epoch budget (``budgets=[10,30,100]``)."""
     keeper = next((c for c in trainer.callbacks if isinstance(c, EpochBudgets)), None)
     results: dict[str, Any] = {}
-    module.log_to_logger = False  # logged below as budget/..., at step = the budget
     for nominal, info in sorted((keeper.saved if keeper else {}).items()):
         module.report_suffix = f"_epoch{nominal:03d}"
-        test = trainer.test(
-            module, datamodule=datamodule, ckpt_path=info["checkpoint"], verbose=False
-        )[0]
+        with loggers_off(trainer) as loggers:  # logged below as budget/..., step = the budget
+            trainer.test(module, datamodule=datamodule, ckpt_path=info["checkpoint"], verbose=False)
+        test = stage_metrics(trainer, "test")
         epoch = torch.load(info["checkpoint"], map_location="cpu", weights_only=True)["epoch"]
-        results[str(nominal)] = {
-            **info,
-            "best_epoch": epoch + 1,
-            "test": {k: float(v) for k, v in test.items()},
-        }
-        for logger in trainer.loggers:
-            logger.log_metrics({f"budget/{k}": float(v) for k, v in test.items()}, step=nominal)
+        results[str(nominal)] = {**info, "best_epoch": epoch + 1, "test": test}
+        for logger in loggers:
+            logger.log_metrics({f"budget/{k}": v for k, v in test.items()}, step=nominal)
     module.report_suffix = ""
-    module.log_to_logger = True
     return results
+
+
+@contextmanager
+def loggers_off(trainer: L.Trainer):
+    """Evaluate without writing to the loggers (per-epoch curves stay one point per epoch)."""
+    loggers = trainer.loggers
+    trainer.loggers = []
+    try:
+        yield loggers
+    finally:
+        trainer.loggers = loggers
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -184,11 +195,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint else ""
         budgets = test_budgets(trainer, module, datamodule)
-        module.log_to_logger = False  # the best epoch's val metrics, for metrics.json only
-        val = trainer.validate(
-            module, datamodule=datamodule, ckpt_path=best or None, verbose=False
-        )[0]
-        module.log_to_logger = True
+        with loggers_off(trainer):  # the best epoch's val metrics, for metrics.json only
+            trainer.validate(module, datamodule=datamodule, ckpt_path=best or None, verbose=False)
+        val = stage_metrics(trainer, "val")
         test = trainer.test(module, datamodule=datamodule, ckpt_path=best or None)[0]
     except TrainingDiverged as err:
         fail("diverged", str(err))
