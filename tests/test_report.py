@@ -123,6 +123,7 @@ def test_eval_reproduces_the_recorded_test_metrics(sweep, tmp_path):
     proc = run_cli(f"ckpt_path={ckpt}", module="xray_loss.eval", cwd=tmp_path)
     assert_ok(proc)
     (out,) = [p.parent for p in (tmp_path / "logs" / "eval").rglob("metrics.json")]
+    assert "ckpt_path" not in out.name  # run names leave long paths out
     recorded, again = metrics(run)["test"], metrics(out)["test"]
     for name in NAMES:
         assert again[f"test/{name}"] == pytest.approx(recorded[f"test/{name}"], abs=1e-5), name

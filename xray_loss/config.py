@@ -26,6 +26,8 @@ _NAME_EXCLUDED = (
     "data.cache_dir",
     "debug",
     "seeds=",
+    "ckpt_path",
+    "inputs",
 )
 _MAX_NAME = 120
 

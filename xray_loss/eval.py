@@ -19,6 +19,7 @@ from typing import Any
 
 import hydra
 import lightning as L
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -60,9 +61,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     model = load_classifier(cfg.ckpt_path)
     trained = run_config(model)
     datamodule = instantiate(data_config(cfg, trained, out))
+    # the training run's precision on a GPU (bf16-mixed there), so its metrics reproduce
+    on_gpu = cfg.accelerator != "cpu" and torch.cuda.is_available()
+    precision = trained.get("trainer", {}).get("precision", "32-true") if on_gpu else "32-true"
     trainer = L.Trainer(
         accelerator=cfg.accelerator,
         devices=1,
+        precision=precision,
         logger=False,
         enable_checkpointing=False,
         callbacks=[TestReport(str(out), save_figures=True)],
