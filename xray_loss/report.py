@@ -35,6 +35,8 @@ from typing import Any
 
 import matplotlib
 import numpy as np
+import torch
+from torchmetrics.functional.classification import binary_auroc, binary_calibration_error
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -238,18 +240,14 @@ def compare_figure(
 
 # --- statistics -----------------------------------------------------------------------------
 def auroc(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with average ranks for ties)."""
-    pos = labels == 1
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
+    """Test AUROC with torchmetrics, as in training (NaN when one class is missing)."""
+    if len(np.unique(labels)) < 2:
         return math.nan
-    order = np.argsort(probs, kind="mergesort")
-    ranks = np.empty(len(probs))
-    sorted_probs = probs[order]
-    _, start, counts = np.unique(sorted_probs, return_index=True, return_counts=True)
-    average = start + (counts + 1) / 2.0  # 1-based average rank of each tie group
-    ranks[order] = np.repeat(average, counts)
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(
+        binary_auroc(
+            torch.from_numpy(probs).float(), torch.from_numpy(labels).long(), validate_args=False
+        )
+    )
 
 
 def bootstrap_auroc_ci(runs: list[Run], n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
@@ -273,15 +271,12 @@ def bootstrap_auroc_ci(runs: list[Run], n_boot: int = 1000, seed: int = 0) -> tu
 
 
 def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
-    """ECE of P(pneumonia): sum over equal-width bins of |mean prob - pneumonia rate| weights."""
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(probs, edges[1:-1]), 0, bins - 1)
-    ece = 0.0
-    for b in range(bins):
-        mask = which == b
-        if mask.any():
-            ece += mask.mean() * abs(probs[mask].mean() - labels[mask].mean())
-    return float(ece)
+    """ECE of P(pneumonia) over equal-width bins (torchmetrics' binary calibration error)."""
+    return float(
+        binary_calibration_error(
+            torch.from_numpy(probs).float(), torch.from_numpy(labels).long(), n_bins=bins
+        )
+    )
 
 
 def sign_flip_test(differences: list[float], n_random: int = 20000, seed: int = 0) -> float:
