@@ -24,7 +24,8 @@ def make_kermany(
 ) -> Path:
     """A chest_xray folder: real file-name patterns, several images per patient, grey and RGB
     JPEGs of different sizes, a .DS_Store, an exact duplicate, and an upper-case extension."""
-    images, _ = generate_phantoms(n_normal + n_pneumonia, 96, seed=seed)
+    # distinct pictures for train/ and test/: no file of test/ is a copy of one in train/
+    images, _ = generate_phantoms(2 * (n_normal + n_pneumonia), 96, seed=seed)
     images = images[:, 0].numpy()
     k = 0
     folders = ["train", "test"] if test else ["train"]

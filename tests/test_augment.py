@@ -42,9 +42,9 @@ def test_training_batches_are_augmented_and_evaluation_batches_are_not():
         n_train=64, n_val=16, n_test=16, image_size=32, batch_size=64, augment={"enabled": True}
     )
     dm.setup("fit")
-    x, _ = next(iter(dm.train_dataloader()))
+    x, _, _ = next(iter(dm.train_dataloader()))
     assert not torch.equal(x.sort(0).values, dm.splits["train"].images.sort(0).values)
-    xv, _ = next(iter(dm.val_dataloader()))
+    xv, _, _ = next(iter(dm.val_dataloader()))
     assert torch.equal(xv, dm.splits["val"].images)
 
 

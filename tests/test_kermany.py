@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import shutil
 from pathlib import Path
@@ -66,7 +67,7 @@ def test_splits_are_patient_grouped_stratified_and_audited(tmp_path):
     for name in ("train", "val", "test"):
         assert set(dm.splits[name].labels.tolist()) == {0, 1}
     assert dm.class_counts == dm.splits["train"].class_counts()
-    x, y = next(iter(dm.train_dataloader()))
+    x, y, _ = next(iter(dm.train_dataloader()))
     assert x.shape == (8, 1, 32, 32) and x.dtype == torch.uint8
     # deterministic
     dm2 = _module(root, tmp_path, test_fraction=0.25, val_fraction=0.2)
@@ -151,3 +152,33 @@ def test_decode_per_access_matches_the_cache(tmp_path):
     idx = torch.arange(len(cached.splits["val"]))
     assert torch.equal(cached.splits["val"].images[idx], lazy.splits["val"].images[idx])
     assert not list((tmp_path / "cache").glob("*.tmp*"))
+
+
+def test_train_copies_of_test_images_are_dropped_and_no_hash_spans_two_splits(tmp_path, caplog):
+    root = make_kermany(tmp_path / "cx")
+    test_files = sorted((root / "test" / "PNEUMONIA").glob("*.jpeg"))[:2]
+    test_files += sorted((root / "test" / "NORMAL").glob("*.jpeg"))[:1]
+    for i, src in enumerate(test_files):  # the train/ folders hold copies under other names
+        cls = src.parent.name
+        name = (
+            f"person{500 + i}_virus_{900 + i}.jpeg"
+            if cls == "PNEUMONIA"
+            else f"IM-0{900 + i}-0001.jpeg"
+        )
+        shutil.copy(src, root / "train" / cls / name)
+    with caplog.at_level(logging.WARNING):
+        dm = _module(root, tmp_path)
+        dm.setup("fit")
+    assert dm.report["dropped_cross_split_duplicates"] == 3
+    assert "dropped 3 file(s)" in caplog.text and "test/" in caplog.text
+    rows = _split_rows(tmp_path)
+    dropped = [r for r in rows if r["split"] == "dropped"]
+    assert len(dropped) == 3 and all("same contents as test/" in r["note"] for r in dropped)
+    digests: dict[str, set[str]] = {}
+    for r in rows:
+        if r["split"] != "dropped":
+            data = hashlib.sha1((root / r["file"]).read_bytes()).hexdigest()
+            digests.setdefault(data, set()).add(r["split"])
+    assert all(len(splits) == 1 for splits in digests.values()), "a file's contents span splits"
+    total = sum(len(dm.splits[s]) for s in ("train", "val", "test"))
+    assert total == len(rows) - 3

@@ -43,7 +43,7 @@ def test_datamodule_splits_and_loaders():
     dm.setup("fit")
     assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [50, 20, 30]
     assert sum(dm.class_counts) == 50
-    x, y = next(iter(dm.train_dataloader()))
+    x, y, _ = next(iter(dm.train_dataloader()))
     assert x.shape == (16, 1, 32, 32) and x.dtype == torch.uint8 and y.shape == (16,)
     # splits are generated from different seeds: no image is shared
     assert not torch.equal(dm.splits["train"].images[:20], dm.splits["val"].images)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +19,7 @@ def test_loads_every_size_with_the_official_splits(tmp_path, size):
     dm = PneumoniaMNISTDataModule(root=str(tmp_path), size=size, batch_size=4)
     dm.setup("fit")
     assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [40, 12, 16]
-    x, y = next(iter(dm.train_dataloader()))
+    x, y, _ = next(iter(dm.train_dataloader()))
     assert x.shape == (4, 1, size, size) and x.dtype == torch.uint8 and y.dtype == torch.int64
 
 
@@ -60,3 +62,24 @@ def test_offline_download_fails_with_the_same_clear_message(tmp_path, monkeypatc
     assert text.startswith("The download failed")
     assert "pneumoniamnist_64.npz" in text and "place it at" in text
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_images_repeated_across_official_splits_are_dropped_from_the_lower_split(tmp_path, caplog):
+    path = make_pneumoniamnist(tmp_path, 28)
+    with np.load(path) as data:
+        arrays = dict(data)
+    arrays["train_images"][:3] = arrays["test_images"][:3]  # train copies of test images
+    arrays["val_images"][0] = arrays["test_images"][5]
+    arrays["train_images"][10] = arrays["val_images"][4]
+    np.savez(path, **arrays)
+    with caplog.at_level(logging.WARNING):
+        dm = PneumoniaMNISTDataModule(root=str(tmp_path), size=28)
+        dm.setup("fit")
+    assert [len(dm.splits[s]) for s in ("train", "val", "test")] == [40 - 4, 12 - 1, 16]
+    assert "train 4" in caplog.text and "val 1" in caplog.text
+    assert "image-level split" in caplog.text  # the val split's patient leak is stated
+    seen = {}
+    for name in ("train", "val", "test"):
+        for image in dm.splits[name].images:
+            seen.setdefault(image.numpy().tobytes(), set()).add(name)
+    assert all(len(s) == 1 for s in seen.values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import pytest
+import torch
 
 from tests.conftest import assert_ok, metrics, run_cli, run_dirs
 from tests.fixtures import make_kermany, make_pneumoniamnist
@@ -72,3 +73,44 @@ def test_pneumoniamnist_run(workdir):
     assert_ok(proc)
     (run,) = run_dirs(workdir / "logs")
     assert metrics(run)["config"]["image_size"] == 28
+
+
+def _weights(run) -> dict:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def test_cold_and_warm_cache_runs_end_identical_and_matched_twins_agree_on_a_cold_cache(workdir):
+    """Building the decode cache must not move the global RNG: with CPU augmentation in the
+    main process (num_workers=0), a cold-cache and a warm-cache run end with the same weights."""
+    root = make_kermany(workdir / "chest_xray", test=False)
+    args = [
+        "data=kermany",
+        f"data.root={root}",
+        "data.test_fraction=0.25",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "epochs=2",
+        "lr=3e-3",
+        *SMALL,
+    ]
+    runs = {}
+    for name, loss, cache in (
+        ("cold", "bce", "a"),
+        ("warm", "bce", "a"),
+        ("twin", "ce_matched", "b"),
+    ):
+        proc = run_cli(
+            *args, f"loss={loss}", f"data.cache_dir={workdir / cache}", f"name={name}", cwd=workdir
+        )
+        assert_ok(proc)
+        hit = "image cache hit" in proc.stdout + proc.stderr
+        assert hit == (name == "warm")
+        (runs[name],) = run_dirs(workdir / "logs" / name)
+    cold, warm = _weights(runs["cold"]), _weights(runs["warm"])
+    assert cold.keys() == warm.keys()
+    assert all(torch.equal(cold[k], warm[k]) for k in cold)
+    with open(runs["cold"] / "test_predictions.csv") as f:
+        a = [float(r["prob"]) for r in csv.DictReader(f)]
+    with open(runs["twin"] / "test_predictions.csv") as f:
+        b = [float(r["prob"]) for r in csv.DictReader(f)]
+    assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 2e-5

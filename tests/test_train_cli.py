@@ -145,3 +145,18 @@ def test_same_seed_same_metrics_and_simultaneous_runs_get_their_own_directories(
     cb = torch.load(next((runs[1] / "checkpoints").glob("best*.ckpt")), weights_only=True)
     for k, v in ca["state_dict"].items():
         assert torch.equal(v, cb["state_dict"][k]), k
+
+
+def test_val_metrics_use_the_threshold_the_test_metrics_use(workdir):
+    assert_ok(run_cli(*TINY, "epochs=3", "lr=3e-3", "threshold=youden", cwd=workdir))
+    (run,) = run_dirs(workdir / "logs")
+    record = metrics(run)
+    assert record["threshold_rule"] == "youden on val" and record["threshold"] != 0.5
+    best = next((run / "checkpoints").glob("best-*.ckpt"))
+    assert_ok(run_cli(f"ckpt_path={best}", "split=val", module="xray_loss.eval", cwd=workdir))
+    (evaluated,) = [r for r in run_dirs(workdir / "logs") if r != run]
+    assert metrics(evaluated)["threshold"] == pytest.approx(record["threshold"])
+    for name in ("acc", "f1", "sensitivity", "specificity", "auroc"):
+        assert metrics(evaluated)["test"][f"test/{name}"] == pytest.approx(
+            record["val"][f"val/{name}"], abs=1e-6
+        ), name

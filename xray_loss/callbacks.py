@@ -16,6 +16,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics.functional.classification import binary_confusion_matrix, binary_roc
 
+from xray_loss.metrics import decide
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -134,8 +136,9 @@ class DashboardLayout(L.Callback):
 class TestReport(L.Callback):
     """At test time: confusion matrix and ROC curve to TensorBoard, predictions to a CSV.
 
-    ``test_predictions.csv`` (index, label, P(pneumonia)) is what ``xray_loss.report`` uses
-    for bootstrap confidence intervals and calibration.
+    ``test_predictions.csv`` (index, label, P(pneumonia), and the file and patient where the
+    data source knows them) holds every test image exactly once; ``xray_loss.report`` uses it
+    for bootstrap confidence intervals (resampling patients when known) and calibration.
     """
 
     def __init__(self, output_dir: str, save_figures: bool = False) -> None:
@@ -145,16 +148,22 @@ class TestReport(L.Callback):
     @rank_zero_only
     def on_test_end(self, trainer, pl_module) -> None:
         # after the module's on_test_epoch_end, which gathers the predictions
-        probs, labels = pl_module.test_probs, pl_module.test_labels
-        if probs is None or probs.numel() == 0:
+        result = pl_module.evaluated.get("test")
+        if result is None or result.probs.numel() == 0:
             return
+        probs, labels = result.probs, result.labels
+        split = (getattr(trainer.datamodule, "splits", None) or {}).get("test")
+        files = getattr(split, "files", None) or []
+        patients = getattr(split, "patients", None) or []
         suffix = getattr(pl_module, "report_suffix", "")  # e.g. _epoch010 for epoch budgets
         self.dir.mkdir(parents=True, exist_ok=True)
         with open(self.dir / f"test_predictions{suffix}.csv", "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["index", "label", "prob"])
-            for i, (y, p) in enumerate(zip(labels.tolist(), probs.tolist(), strict=True)):
-                writer.writerow([i, y, f"{p:.6f}"])
+            writer.writerow(["index", "label", "prob", "file", "patient"])
+            for i, y, p in zip(result.index.tolist(), labels.tolist(), probs.tolist(), strict=True):
+                file = files[i] if i < len(files) else ""
+                patient = patients[i] if i < len(patients) else ""
+                writer.writerow([i, y, f"{p:.8f}", file, patient])
         threshold = float(pl_module.threshold)
         figures = {
             "confusion_matrix": confusion_figure(probs, labels, threshold),
@@ -171,7 +180,7 @@ class TestReport(L.Callback):
 
 def confusion_figure(probs: torch.Tensor, labels: torch.Tensor, threshold: float):
     """A 2x2 confusion matrix (rows: truth, columns: prediction) with counts."""
-    cm = binary_confusion_matrix(probs, labels, threshold=threshold).numpy()
+    cm = binary_confusion_matrix(decide(probs, threshold).long(), labels).numpy()
     fig, ax = plt.subplots(figsize=(3.6, 3.2), dpi=100)
     ax.imshow(cm, cmap="Blues")
     names = ["normal", "pneumonia"]
@@ -197,7 +206,7 @@ def confusion_figure(probs: torch.Tensor, labels: torch.Tensor, threshold: float
 def roc_figure(probs: torch.Tensor, labels: torch.Tensor, threshold: float):
     """ROC curve with the operating point of the decision threshold marked."""
     fpr, tpr, _ = binary_roc(probs, labels)
-    pred = probs >= threshold
+    pred = decide(probs, threshold)
     pos, neg = labels == 1, labels == 0
     op_tpr = float((pred & pos).sum() / pos.sum().clamp(min=1))
     op_fpr = float((pred & neg).sum() / neg.sum().clamp(min=1))

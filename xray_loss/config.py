@@ -156,17 +156,150 @@ def check_config(cfg: DictConfig) -> None:
             continue
         if not ok(value):
             raise ConfigError(f"Invalid value {key}={value!r}: {key} must be {allowed}.")
-    threshold = OmegaConf.select(cfg, "threshold", default=0.5)
-    if threshold != "youden" and not (
-        _number(threshold) is not None and 0 <= _number(threshold) <= 1
-    ):
-        raise ConfigError(
-            f"Invalid value threshold={threshold!r}: threshold must be a probability in "
-            f"[0, 1] or 'youden' (chosen on the validation split)."
-        )
+    check_threshold(OmegaConf.select(cfg, "threshold", default=0.5))
+    problem = matched_head_problem(cfg)
+    if problem:
+        raise ConfigError(problem)
     budgets = OmegaConf.select(cfg, "budgets", default=None) or []
     if any(_int(b) is None or _int(b) < 1 for b in budgets):
         raise ConfigError(f"Invalid value budgets={list(budgets)}: epochs >= 1 expected.")
+
+
+def check_threshold(value: Any, key: str = "threshold") -> float | str:
+    """A decision threshold: a probability in [0, 1], or ``youden``; else one clear error."""
+    if value == "youden":
+        return "youden"
+    number = _number(value)
+    if number is None or not 0 <= number <= 1:
+        raise ConfigError(
+            f"Invalid value {key}={value!r}: {key} must be a probability in [0, 1] or 'youden' "
+            f"(chosen on the validation split)."
+        )
+    return number
+
+
+# the optimizers and schedulers under which the matched heads are tested to be exact
+_MATCHED_OPTIMIZERS = ("SGD", "Adam", "AdamW")
+_MATCHED_PRECISIONS = ("32-true", "32", "bf16-mixed")
+
+
+def matched_head_problem(cfg: DictConfig) -> str | None:
+    """Why this run's matched head (``loss=bce_matched``/``ce_matched``) cannot train exactly
+    like its twin, in one sentence; None when it can (or the head is not a matched one).
+
+    The twins are exact under SGD (with momentum), Adam and AdamW with the head's weight decay
+    divided by its lr scale (``XrayClassifier.configure_optimizers``), with or without a cosine
+    schedule to zero, value clipping, dropout, bf16-mixed and DDP (tests/test_matched_heads.py).
+    What no rescaling can make exact is refused here.
+    """
+    match = OmegaConf.select(cfg, "loss.match", default=None)
+    if not match:
+        return None
+    name = "loss=bce_matched" if match == "ce" else "loss=ce_matched"
+    twin = "loss=ce" if match == "ce" else "loss=bce"
+    optimizer = OmegaConf.select(cfg, "optimizer", default=None) or {}
+    kind = str(optimizer.get("_target_", "")).rsplit(".", 1)[-1]
+    decay = _number(optimizer.get("weight_decay", 0.0) or 0.0) or 0.0
+    if kind not in _MATCHED_OPTIMIZERS:
+        return (
+            f"{name} trains exactly like {twin} only with optimizer=sgd, adam or adamw, not {kind}."
+        )
+    if (
+        match == "ce"
+        and kind == "Adam"
+        and decay > 0
+        and not optimizer.get("decoupled_weight_decay")
+    ):
+        return (
+            f"{name} cannot follow {twin} exactly under Adam with coupled L2 weight decay "
+            f"(optimizer.weight_decay={decay:g}): use optimizer=adamw or optimizer.weight_decay=0."
+        )
+    clip = OmegaConf.select(cfg, "trainer.gradient_clip_val", default=None)
+    algorithm = OmegaConf.select(cfg, "trainer.gradient_clip_algorithm", default=None) or "norm"
+    if clip and algorithm == "norm":
+        return (
+            f"{name} cannot follow {twin} exactly with norm clipping "
+            f"(trainer.gradient_clip_val={clip}): CE's head adds twice the squared gradient to "
+            f"the global norm; use trainer.gradient_clip_algorithm=value or no clipping."
+        )
+    scheduler = OmegaConf.select(cfg, "scheduler", default=None) or {}
+    sched = str(scheduler.get("_target_", "")).rsplit(".", 1)[-1]
+    if sched and (sched != "CosineAnnealingLR" or (_number(scheduler.get("eta_min", 0)) or 0)):
+        return (
+            f"{name} keeps its head lr at {'2x' if match == 'ce' else '1/2x'} the backbone's only "
+            f"under scheduler=none or a cosine schedule to zero (scheduler.eta_min=0), "
+            f"not {sched} with these settings."
+        )
+    precision = str(OmegaConf.select(cfg, "trainer.precision", default="32-true"))
+    if precision not in _MATCHED_PRECISIONS:
+        return f"{name} is tested exact at precision 32-true and bf16-mixed, not {precision}."
+    loss = OmegaConf.select(cfg, "loss")
+    options = {
+        "ce": {"pos_weight": loss.get("pos_weight")},
+        "bce": {
+            "class_weights": loss.get("class_weights"),
+            "label_smoothing": (_number(loss.get("label_smoothing", 0)) or 0) or None,
+        },
+    }[match]
+    for option, value in options.items():
+        if value is not None:
+            return (
+                f"{name} takes no loss.{option} (got {value}): it has no exact counterpart on "
+                f"{twin}'s head; compare unweighted heads or the plain heads instead."
+            )
+    return None
+
+
+# settings that change how a run is run or logged, not what it computes
+_BOOKKEEPING = (
+    "data.batch_size",  # = batch_size
+    "data.seed",  # = seed
+    "data.cache",
+    "data.cache_dir",
+    "data.split_csv",
+    "data.num_workers",
+    "data.download",
+    "data.url",
+    "optimizer.lr",  # = lr
+    "trainer._target_",
+    "trainer.default_root_dir",
+    "trainer.enable_model_summary",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    "trainer.num_sanity_val_steps",
+    "trainer.benchmark",
+    "trainer.deterministic",
+)
+_CONFIGURATION_KEYS = ("seed", "lr", "epochs", "epochs_scale", "batch_size", "threshold", "budgets")
+_CONFIGURATION_GROUPS = ("data", "model", "loss", "optimizer", "scheduler", "trainer")
+
+
+def run_configuration(cfg: DictConfig) -> dict[str, Any]:
+    """Every resolved setting that defines what a run computes, as flat ``group.key`` items.
+
+    Two runs with equal configurations are repetitions (they differ in ``seed`` and
+    ``data.fold`` at most, see ``xray_loss.metrics.REPEATS``); the sweep's aggregate and the
+    report group runs on this, never on the command that started them (``resume``, ``name``,
+    ``threads``, ``hydra.*`` and ``paths.*`` are not part of it).
+    """
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(f"{prefix}.{key}", value)
+        elif not prefix.endswith("._partial_") and prefix not in _BOOKKEEPING:
+            flat[prefix] = str(node) if isinstance(node, (list, dict)) else node
+
+    for key in _CONFIGURATION_KEYS:
+        flat[key] = OmegaConf.select(cfg, key, default=None)
+        if OmegaConf.is_list(flat[key]):
+            flat[key] = str(list(flat[key]))
+    for group in _CONFIGURATION_GROUPS:
+        node = OmegaConf.select(cfg, group, default=None)
+        if node is not None:
+            walk(group, OmegaConf.to_container(node, resolve=True))
+    return flat
 
 
 def hydra_choice_summary(choices: dict[str, Any]) -> dict[str, str]:

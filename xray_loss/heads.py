@@ -12,8 +12,8 @@ the decision logit and on the backbone. They differ in two things only:
 
 1. learning rate: w1 and w0 each take a full step in opposite directions, so d moves twice as
    fast. CE at learning rate lr trains *exactly* like BCE whose head is initialised at
-   u = w1 - w0, c = b1 - b0 and trained with head learning rate 2*lr (SGD, with or without
-   momentum, and Adam; without weight decay);
+   u = w1 - w0, c = b1 - b0 and trained with head learning rate 2*lr and weight decay wd/2
+   (SGD with or without momentum, Adam, AdamW; see below for what cannot be matched);
 2. initial spread: with PyTorch's default init, d starts sqrt(2) times wider than a fresh s.
 
 So a BCE/CE gap at equal nominal lr measures the head's effective lr and init, not the loss.
@@ -22,9 +22,15 @@ the CE head that reproduces BCE's (head lr lr/2, init w1 = u/2, w0 = -u/2): with
 ``loss=bce`` and ``loss=ce_matched`` train identically, and so do ``loss=ce`` and
 ``loss=bce_matched``. Comparing ``ce`` with ``ce_matched`` isolates that effect.
 
-Head weights are drawn from a private generator seeded from one draw of the global RNG, so
-every head consumes the global RNG identically and runs that differ only in the head see the
-same backbone init, data order and dropout masks.
+Head weights are drawn from a private generator seeded from one draw of the global RNG (taken
+by the module), and the layer is built without PyTorch's default init, so building any head
+leaves the global RNG exactly where it was: runs that differ only in the head see the same
+backbone init, data order, augmentation and dropout masks.
+
+Weight decay and the head's learning-rate scale: the module gives the head's parameter group
+``lr * lr_scale`` and ``weight_decay / lr_scale``, which keeps the decay of u = w1 - w0 matched
+under SGD (coupled L2) and AdamW (decoupled). Combinations that no rescaling makes exact are
+refused at config time (``xray_loss.config.matched_head_problem``).
 """
 
 from __future__ import annotations
@@ -65,7 +71,8 @@ class Head(nn.Module):
 
     def __init__(self, in_features: int, init_seed: int = 0, lr_scale: float = 1.0) -> None:
         super().__init__()
-        self.linear = nn.Linear(in_features, self.n_logits)
+        # skip_init: no default init, so no draw from the global RNG (whatever n_logits is)
+        self.linear = nn.utils.skip_init(nn.Linear, in_features, self.n_logits)
         self.lr_scale = float(lr_scale)
         with torch.no_grad():
             weight, bias = self._initial_weights(
@@ -94,8 +101,8 @@ class BCEHead(Head):
     """One logit, ``BCEWithLogits``, sigmoid.
 
     ``pos_weight``: None, a float, or "auto" (= n_normal / n_pneumonia of the training split).
-    ``match="ce"``: initialise u = w1 - w0 from a CE-style draw and train the head at 2x lr, so
-    this head follows CE's trajectory exactly (no weight decay).
+    ``match="ce"``: initialise u = w1 - w0 from a CE-style draw and train the head at 2x lr (and
+    half the weight decay), so this head follows CE's trajectory exactly.
     """
 
     name = "bce"

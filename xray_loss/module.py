@@ -7,50 +7,38 @@ model with no Hydra and no pickled objects.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from torchmetrics import MeanMetric, MetricCollection
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryAUROC,
-    BinaryF1Score,
-    BinaryRecall,
-    BinarySpecificity,
-)
-from torchmetrics.functional.classification import binary_roc
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAccuracy
 
-from xray_loss.config import ConfigError
+from xray_loss.config import ConfigError, check_threshold
+from xray_loss.metrics import binary_metrics, decide, youden_threshold
 
 
-def stage_metrics(stage: str, threshold: float = 0.5) -> MetricCollection:
-    """The metric contract: ``{stage}/acc, auroc, f1, sensitivity, specificity``."""
-    return MetricCollection(
-        {
-            "acc": BinaryAccuracy(threshold=threshold),
-            "auroc": BinaryAUROC(),
-            "f1": BinaryF1Score(threshold=threshold),
-            "sensitivity": BinaryRecall(threshold=threshold),
-            "specificity": BinarySpecificity(threshold=threshold),
-        },
-        prefix=f"{stage}/",
-    )
+@dataclass
+class Evaluated:
+    """One evaluated split: every image exactly once, in dataset order (DDP padding removed)."""
 
-
-def youden_threshold(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    """The threshold maximising sensitivity + specificity - 1 on these predictions."""
-    if labels.min() == labels.max():
-        return 0.5
-    fpr, tpr, thresholds = binary_roc(probs, labels)
-    best = torch.argmax(tpr - fpr)
-    return float(thresholds[best].clamp(0.0, 1.0))
+    index: torch.Tensor
+    labels: torch.Tensor
+    probs: torch.Tensor  # float32 P(pneumonia)
+    loss: torch.Tensor
 
 
 class XrayClassifier(L.LightningModule):
     """Backbone + head. Takes uint8 (or [0, 1] float) images, returns logits.
+
+    The head, the loss and the probabilities run in float32 whatever the trainer's precision
+    (under ``bf16-mixed`` only the backbone runs in bf16), so AUROC, thresholds and the saved
+    predictions are computed on fine-grained probabilities. Validation and test metrics are
+    computed once per epoch on the whole evaluated set, each image exactly once (under DDP the
+    padded repeats of the distributed sampler are dropped by dataset index).
 
     Args:
         backbone: config of the backbone (``_target_`` + kwargs), see ``conf/model``.
@@ -59,8 +47,9 @@ class XrayClassifier(L.LightningModule):
         scheduler: config of a partial lr scheduler (stepped per epoch), or empty.
         class_counts: [n_normal, n_pneumonia] of the training split, for ``auto`` weights.
         mean, std: input normalisation after scaling to [0, 1].
-        threshold: decision threshold for test metrics: a number, or ``youden`` (chosen on
-            the validation split at every validation, stored with each checkpoint).
+        threshold: decision threshold (``P >= threshold`` is pneumonia) of the val and test
+            metrics: a number, or ``youden`` (chosen on the validation split at every
+            validation, stored with each checkpoint).
         channels_last: "auto" (on CUDA only), true or false.
         compile: ``torch.compile`` the forward pass (weights and checkpoints are unchanged).
         run_config: the resolved run config, stored for ``eval``/``predict``.
@@ -82,6 +71,7 @@ class XrayClassifier(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        rule = check_threshold(threshold)
         self.backbone = instantiate(backbone)
         # one draw of the global RNG whatever the head, so runs differing only in the head
         # share everything downstream (see xray_loss.heads)
@@ -93,30 +83,20 @@ class XrayClassifier(L.LightningModule):
             init_seed=init_seed,
         )
         self.in_chans = int(getattr(self.backbone, "in_chans", 1))
-        if threshold != "youden" and not 0.0 <= float(threshold) <= 1.0:
-            raise ValueError(f"threshold must be a probability or 'youden', got {threshold!r}.")
         self.register_buffer("mean", torch.tensor(float(mean)))
         self.register_buffer("std", torch.tensor(float(std)))
-        # the decision threshold of the test metrics, and Youden's threshold on the validation
-        # split of the checkpoint's epoch (kept either way, for `predict threshold=youden`)
-        self.register_buffer(
-            "threshold", torch.tensor(0.5 if threshold == "youden" else float(threshold))
-        )
+        # the decision threshold of the val/test metrics, and Youden's threshold on the
+        # validation split of the checkpoint's epoch (kept either way, for predict)
+        self.register_buffer("threshold", torch.tensor(0.5 if rule == "youden" else rule))
         self.register_buffer("youden_threshold", torch.tensor(0.5))
         self.use_channels_last = channels_last is True
         self._logits = self._logits_eager
         # training statistics accumulate on the device and are logged once per epoch: no
         # input validation, NaN checks (host syncs) or logging machinery on the hot path
-        self.train_metrics = MetricCollection(
-            {"acc": BinaryAccuracy(validate_args=False)}, prefix="train/"
-        )
+        self.train_acc = BinaryAccuracy(validate_args=False)
         self.train_loss = MeanMetric(nan_strategy="disable")
-        self.val_metrics = stage_metrics("val")
-        self.test_metrics = stage_metrics("test")
-        self._val_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.test_probs: torch.Tensor | None = None
-        self.test_labels: torch.Tensor | None = None
+        self._outputs: dict[str, list[tuple[torch.Tensor, ...]]] = {"val": [], "test": []}
+        self.evaluated: dict[str, Evaluated] = {}
         self.report_suffix = ""  # names the test report files of an epoch-budget test
 
     # --- model -------------------------------------------------------------------------------
@@ -143,87 +123,112 @@ class XrayClassifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._logits(x)
 
+    def _fp32(self) -> torch.autocast:
+        """A region where autocast is off: the head, loss and probabilities stay float32."""
+        return torch.autocast(self.device.type, enabled=False)
+
     def _logits_eager(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(self.preprocess(x)))
+        features = self.backbone(self.preprocess(x))
+        with self._fp32():
+            return self.head(features.float())
 
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
-        """P(pneumonia) for a batch of images."""
-        return self.head.prob(self(x)).float()
+        """float32 P(pneumonia) for a batch of images."""
+        logits = self(x)
+        with self._fp32():
+            return self.head.prob(logits.float())
 
     # --- steps -------------------------------------------------------------------------------
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int):
-        x, y = batch
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int):
+        x, y = batch[0], batch[1]
         logits = self(x)
-        loss = self.head.loss(logits, y)
-        self.train_metrics.update(self.head.prob(logits.detach()).float(), y)
-        self.train_loss.update(loss.detach().float().expand(y.shape[0]))  # weighted by batch
+        with self._fp32():
+            loss = self.head.loss(logits, y)
+            probs = self.head.prob(logits.detach())
+        self.train_acc.update(decide(probs, self.threshold).long(), y)
+        self.train_loss.update(loss.detach().expand(y.shape[0]))  # weighted by batch
         return loss
 
     def on_train_epoch_end(self) -> None:
         self.log("train/loss", self.train_loss.compute(), prog_bar=True)
-        self.log_dict(self.train_metrics.compute(), prog_bar=True)
+        self.log("train/acc", self.train_acc.compute(), prog_bar=True)
         self.train_loss.reset()
-        self.train_metrics.reset()
+        self.train_acc.reset()
 
-    def _eval_step(self, batch, stage: str, metrics: MetricCollection, outputs: list) -> None:
-        x, y = batch
-        logits = self(x)
-        probs = self.head.prob(logits).float()
-        self.log(
-            f"{stage}/loss",
-            self.head.loss(logits, y),
-            on_epoch=True,
-            batch_size=y.shape[0],
-            sync_dist=True,
-        )
-        metrics.update(probs, y)
-        outputs.append((probs.detach(), y.detach()))
+    def _eval_step(self, batch: tuple[torch.Tensor, ...], stage: str) -> None:
+        x, y, index = batch
+        self._outputs[stage].append((index, self(x).detach(), y))
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val", self.val_metrics, self._val_outputs)
-
-    def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute())
-        self.val_metrics.reset()
-        probs, labels = self._gather(self._val_outputs)
-        self._val_outputs.clear()
-        if not self.trainer.sanity_checking and self.trainer.state.fn == "fit" and len(labels):
-            self.youden_threshold.fill_(youden_threshold(probs, labels))
-            if self.hparams.threshold == "youden":
-                self.threshold.fill_(self.youden_threshold)
-        self.log("val/threshold", self.threshold.float())
-
-    def on_test_epoch_start(self) -> None:
-        # test metrics use the decision threshold stored with the checkpoint under test
-        self.test_metrics = stage_metrics("test", float(self.threshold)).to(self.device)
+        self._eval_step(batch, "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "test", self.test_metrics, self._test_outputs)
+        self._eval_step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        result = self._evaluate("val")
+        fitting = not self.trainer.sanity_checking and self.trainer.state.fn == "fit"
+        if fitting and len(result.labels):
+            self.youden_threshold.fill_(youden_threshold(result.probs, result.labels))
+            if self.hparams.threshold == "youden":
+                self.threshold.fill_(self.youden_threshold)
+        self._log_metrics("val", result)
+        self.log("val/threshold", self.threshold.float(), sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
-        self.test_metrics.reset()
-        self.test_probs, self.test_labels = self._gather(self._test_outputs)
-        self._test_outputs.clear()
+        # the decision threshold is the one stored with the checkpoint under test
+        self._log_metrics("test", self._evaluate("test"))
 
-    def _gather(self, outputs: list) -> tuple[torch.Tensor, torch.Tensor]:
-        """Concatenate per-batch (probs, labels), across ranks too."""
-        if not outputs:
-            return torch.empty(0), torch.empty(0, dtype=torch.long)
-        probs = torch.cat([p for p, _ in outputs])
-        labels = torch.cat([y for _, y in outputs])
-        if self.trainer.world_size > 1:
-            probs = self.all_gather(probs).reshape(-1)
+    def _log_metrics(self, stage: str, result: Evaluated) -> None:
+        values = binary_metrics(result.probs, result.labels, float(self.threshold))
+        values = {"loss": result.loss, **values}
+        # every rank holds the whole set, so the values agree; sync_dist only keeps Lightning
+        # from warning about epoch-level values under DDP
+        logged = {f"{stage}/{k}": v.to(self.device) for k, v in values.items()}
+        self.log_dict(logged, sync_dist=True)
+
+    def _evaluate(self, stage: str) -> Evaluated:
+        """The stage's outputs gathered from every rank, each image once, in dataset order."""
+        outputs = self._outputs[stage]
+        if outputs:
+            index = torch.cat([i for i, _, _ in outputs])
+            logits = torch.cat([z for _, z, _ in outputs])
+            labels = torch.cat([y for _, _, y in outputs])
+        else:
+            index = torch.empty(0, dtype=torch.long, device=self.device)
+            logits = torch.empty(0, self.head.n_logits, device=self.device)
+            labels = torch.empty(0, dtype=torch.long, device=self.device)
+        outputs.clear()
+        if self.trainer.world_size > 1:  # the sampler pads every rank to the same length
+            index = self.all_gather(index).reshape(-1)
             labels = self.all_gather(labels).reshape(-1)
-        return probs.cpu(), labels.cpu()
+            logits = self.all_gather(logits).reshape(-1, logits.shape[-1])
+        order = torch.argsort(index, stable=True)
+        index, logits, labels = index[order], logits[order], labels[order]
+        first = torch.ones_like(index, dtype=torch.bool)
+        first[1:] = index[1:] != index[:-1]
+        index, logits, labels = index[first], logits[first].float(), labels[first]
+        with self._fp32():
+            probs = self.head.prob(logits)
+            loss = self.head.loss(logits, labels) if len(labels) else torch.tensor(float("nan"))
+        result = Evaluated(index.cpu(), labels.cpu(), probs.cpu(), loss.detach().cpu())
+        self.evaluated[stage] = result
+        return result
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
+        """Two groups: the head's lr is ``lr * lr_scale`` and its weight decay ``wd / lr_scale``.
+
+        The decay of a parameter per step is lr x wd (AdamW) or enters the gradient as wd x w
+        (SGD, Adam): rescaling both keeps a matched head's decay of u = w1 - w0 equal to its
+        twin's (see xray_loss.heads).
+        """
         lr = float(self.hparams.optimizer["lr"])
-        groups = [
-            {"params": list(self.backbone.parameters()), "lr": lr},
-            {"params": list(self.head.parameters()), "lr": lr * self.head.lr_scale},
-        ]
+        scale = self.head.lr_scale
+        head_group: dict[str, Any] = {"params": list(self.head.parameters()), "lr": lr * scale}
+        if "weight_decay" in self.hparams.optimizer:
+            head_group["weight_decay"] = float(self.hparams.optimizer["weight_decay"]) / scale
+        groups = [{"params": list(self.backbone.parameters()), "lr": lr}, head_group]
         optimizer = instantiate(self.hparams.optimizer)(groups)
         if not self.hparams.scheduler:
             return optimizer

@@ -22,9 +22,15 @@ import matplotlib
 import torch
 from omegaconf import DictConfig
 
-from xray_loss.config import ConfigError, quote_path_overrides, register_resolvers
+from xray_loss.config import (
+    ConfigError,
+    check_threshold,
+    quote_path_overrides,
+    register_resolvers,
+)
 from xray_loss.data.images import ImageDecodeError, decode
 from xray_loss.gradcam import grad_cam
+from xray_loss.metrics import decide
 from xray_loss.module import load_classifier, run_config
 
 matplotlib.use("Agg")
@@ -52,18 +58,9 @@ def list_inputs(inputs: str) -> list[Path]:
 
 
 def choose_threshold(option: Any, model) -> float:
-    if option == "youden":
-        return float(model.youden_threshold)
-    try:
-        value = float(option)
-    except (TypeError, ValueError):
-        value = -1.0
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(
-            f"Invalid value threshold={option!r}: threshold must be a probability in [0, 1] or "
-            f"'youden' (chosen on the validation split and stored with the checkpoint)."
-        )
-    return value
+    """``youden``: the threshold chosen on validation and stored with the checkpoint."""
+    rule = check_threshold(option)
+    return float(model.youden_threshold) if rule == "youden" else float(rule)
 
 
 def save_cam(image: torch.Tensor, cam: torch.Tensor, prob: float, path: Path) -> None:
@@ -101,14 +98,15 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         batch = torch.stack(images[start : start + int(cfg.batch_size)]).to(device)
         with torch.no_grad():
             probs = model.predict_proba(batch).cpu()
+        positive = decide(probs, threshold).tolist()
         cams = grad_cam(model, batch).cpu() if cfg.cam else None
         for i, prob in enumerate(probs.tolist()):
             path = names[start + i]
             rows.append(
                 {
                     "file": str(path),
-                    "prob_pneumonia": f"{prob:.6f}",
-                    "label": "PNEUMONIA" if prob >= threshold else "NORMAL",
+                    "prob_pneumonia": f"{prob:.8f}",
+                    "label": "PNEUMONIA" if positive[i] else "NORMAL",
                     "threshold": f"{threshold:.6f}",
                 }
             )

@@ -28,7 +28,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from xray_loss.allocator import retain_freed_memory
 from xray_loss.callbacks import EpochBudgets, TrainingDiverged
-from xray_loss.config import ConfigError, check_config, hydra_choice_summary, register_resolvers
+from xray_loss.config import (
+    ConfigError,
+    check_config,
+    hydra_choice_summary,
+    register_resolvers,
+    run_configuration,
+)
 from xray_loss.ddp import LocalRanks, global_rank, is_ddp, world_size
 from xray_loss.record import RunRecord
 
@@ -175,14 +181,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     try:
         check_config(cfg)
-        record.update(config=hyperparameters(cfg))
+        record.update(config=hyperparameters(cfg), configuration=run_configuration(cfg))
         configure_threads(cfg)
         ranks.start(cfg, run_dir)
         if rank > 0 or ranks.children:  # every rank keeps the config it ran, for audits
             OmegaConf.save(cfg, run_dir / ".hydra" / f"resolved_rank{rank}.yaml", resolve=True)
-        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
         datamodule: L.LightningDataModule = instantiate(cfg.data)
         datamodule.setup("fit")  # report splits and class counts before building the model
+        # seeded after the data setup, which may or may not draw random numbers (building the
+        # decode cache runs a DataLoader; a warm cache does not): cold and warm runs agree
+        L.seed_everything(int(cfg.seed), workers=True, verbose=False)
         module = instantiate(
             cfg.module,
             class_counts=datamodule.class_counts,
@@ -225,6 +233,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "best_checkpoint": best or None,
         "epochs_trained": trainer.current_epoch,
         "threshold": float(module.threshold),
+        # val and test metrics are both taken at this threshold (P >= threshold is pneumonia)
+        "threshold_rule": "youden on val" if cfg.threshold == "youden" else "fixed",
         "val": {k: float(v) for k, v in val.items()},
         "test": {k: float(v) for k, v in test.items()},
         "best_val_auroc": best_val_auroc,

@@ -34,10 +34,14 @@ class Split:
 
     ``images`` is a tensor, or an object indexed like one (``ArrayImages`` over the cache,
     ``FileImages`` decoding per access) that also has ``shape`` and ``to(device)``.
+    ``files`` and ``patients`` name each image where the source knows them (test predictions
+    carry them, and the report's bootstrap resamples patients rather than images).
     """
 
     images: Any
     labels: torch.Tensor
+    files: list[str] | None = None
+    patients: list[str] | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -47,7 +51,11 @@ class Split:
 
 
 class ImageTensorDataset(Dataset):
-    """Indexes a ``Split``; fetches a whole batch at once through ``__getitems__``."""
+    """Indexes a ``Split``; fetches a whole batch at once through ``__getitems__``.
+
+    A batch is (images, labels, indices): the dataset indices let evaluation count every image
+    exactly once when a distributed sampler pads the split with repeats.
+    """
 
     def __init__(self, split: Split, transform=None) -> None:
         self.split = split
@@ -56,16 +64,16 @@ class ImageTensorDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        images, labels = self.__getitems__([i])
-        return images[0], labels[0]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, labels, index = self.__getitems__([i])
+        return images[0], labels[0], index[0]
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         index = torch.as_tensor(indices, device=self.split.labels.device)
         images = self.split.images[index]
         if self.transform is not None:
             images = torch.stack([self.transform(img) for img in images])
-        return images, self.split.labels[index]
+        return images, self.split.labels[index], index
 
 
 def keep_batch(batch):
@@ -178,6 +186,6 @@ class XrayDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self._batch_augment is not None and self.trainer is not None and self.trainer.training:
-            images, labels = batch
-            return self._batch_augment(images), labels
+            images, *rest = batch
+            return (self._batch_augment(images), *rest)
         return batch

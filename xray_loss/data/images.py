@@ -111,6 +111,7 @@ def decode_all(
         batch_size=32,
         num_workers=num_workers,
         collate_fn=_collate,
+        generator=torch.Generator(),  # a private seed for the workers: the global RNG untouched
     )
     bad: list[tuple[Path, str]] = []
     hashes: list[str | None] = [None] * len(files)

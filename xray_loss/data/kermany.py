@@ -5,7 +5,9 @@
 Validation is carved out of ``train/`` by default (the official ``val/`` holds 16 images),
 grouped by patient and stratified by class; ``test/`` is the official test split unless
 ``test_fraction`` carves one the same way. Exact duplicate files are kept on one side of every
-split. The split is written to ``split.csv`` in the run directory so it can be audited.
+carved split, and a file of train/ whose contents equal a file of test/ (or of the official val/
+in use) is dropped. The split is written to ``split.csv`` in the run directory (with a note on
+every dropped file) so it can be audited.
 """
 
 from __future__ import annotations
@@ -124,6 +126,25 @@ def _check_classes(files: list[ImageFile], folder: str, root: Path, required: bo
         )
 
 
+# a fixed split outranks the ones below it: a copy of a test image leaves val and train
+_PRECEDENCE = {"test": 0, "val": 1, "train": 2}
+
+
+def cross_split_duplicates(files: list[ImageFile], hashes: list[str | None]) -> dict[int, int]:
+    """{file index: index of the file it copies} for files whose exact contents also sit in a
+    higher split folder (test/ over val/ over train/): those copies are dropped, since Kermany's
+    folders hold exact duplicates across train and test."""
+    owner: dict[str, int] = {}
+    for i in sorted(range(len(files)), key=lambda i: _PRECEDENCE[files[i].folder]):
+        if hashes[i] is not None:
+            owner.setdefault(hashes[i], i)
+    return {
+        i: owner[h]
+        for i, h in enumerate(hashes)
+        if h is not None and files[owner[h]].folder != files[i].folder
+    }
+
+
 class KermanyDataModule(XrayDataModule):
     """Kermany's chest_xray folder; see the module docstring for the splits.
 
@@ -206,8 +227,13 @@ class KermanyDataModule(XrayDataModule):
         files = [f for f in files if f.folder in used]
 
         images, files, hashes = self._images(files)
-        assignment = self._assign(files, hashes)
-        self._write_split_csv(root, files, assignment)
+        dropped = cross_split_duplicates(files, hashes)
+        assignment = self._assign(files, hashes, dropped)
+        notes = {
+            i: f"dropped: same contents as {files[j].path.relative_to(root).as_posix()}"
+            for i, j in dropped.items()
+        }
+        self._write_split_csv(root, files, assignment, notes)
         splits = {}
         for name in ("train", "val", "test"):
             positions = [i for i, s in enumerate(assignment) if s == name]
@@ -220,7 +246,12 @@ class KermanyDataModule(XrayDataModule):
                 )
             else:
                 split_images = ArrayImages(images, positions)
-            splits[name] = Split(split_images, labels)
+            splits[name] = Split(
+                split_images,
+                labels,
+                files=[files[i].path.relative_to(root).as_posix() for i in positions],
+                patients=[files[i].patient for i in positions],
+            )
         return splits
 
     def _images(self, files: list[ImageFile]):
@@ -257,13 +288,16 @@ class KermanyDataModule(XrayDataModule):
             images = array[keep] if len(keep) < len(files) else array
         return images, kept_files, kept_hashes
 
-    def _assign(self, files: list[ImageFile], hashes: list[str]) -> list[str]:
-        """Split name per file: grouped by patient and by identical contents, stratified."""
+    def _assign(
+        self, files: list[ImageFile], hashes: list[str], dropped: dict[int, int]
+    ) -> list[str]:
+        """Split name per file (``dropped`` for copies of a fixed split's files): grouped by
+        patient and by identical contents, stratified."""
         groups = connected_groups([f.patient for f in files], hashes)
         n_dupes = len(hashes) - len(set(hashes))
         labels = [f.label for f in files]
-        assignment = [f.folder for f in files]
-        pool = [i for i, f in enumerate(files) if f.folder == "train"]
+        assignment = ["dropped" if i in dropped else f.folder for i, f in enumerate(files)]
+        pool = [i for i, f in enumerate(files) if assignment[i] == "train"]
 
         def sub(values, idx):
             return [values[i] for i in idx]
@@ -296,6 +330,7 @@ class KermanyDataModule(XrayDataModule):
             "images": len(files),
             "patients": len({f.patient for f in files}),
             "duplicate_files": n_dupes,
+            "dropped_cross_split_duplicates": len(dropped),
             "groups": len(set(groups)),
         }
         log.info(
@@ -304,23 +339,33 @@ class KermanyDataModule(XrayDataModule):
             self.report["patients"],
             n_dupes,
         )
+        if dropped:
+            log.warning(
+                "dropped %d file(s) of a lower split whose contents equal a file of %s "
+                "(a copy of an evaluation image must not be trained on); listed in split.csv",
+                len(dropped),
+                " or ".join(sorted({files[j].folder + "/" for j in dropped.values()})),
+            )
         return assignment
 
-    def _write_split_csv(self, root: Path, files: list[ImageFile], assignment: list[str]) -> None:
+    def _write_split_csv(
+        self, root: Path, files: list[ImageFile], assignment: list[str], notes: dict[int, str]
+    ) -> None:
         if not self.split_csv:
             return
         path = Path(self.split_csv)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["file", "label", "patient", "split"])
-            for image, split in zip(files, assignment, strict=True):
+            writer.writerow(["file", "label", "patient", "split", "note"])
+            for i, (image, split) in enumerate(zip(files, assignment, strict=True)):
                 writer.writerow(
                     [
                         image.path.relative_to(root).as_posix(),
                         "PNEUMONIA" if image.label else "NORMAL",
                         image.patient,
                         split,
+                        notes.get(i, ""),
                     ]
                 )
         log.info("split written to %s", path)

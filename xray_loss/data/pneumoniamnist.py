@@ -7,6 +7,7 @@ to download, when ``data.download=true`` and the machine is online.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import urllib.request
 from pathlib import Path
@@ -66,6 +67,27 @@ def read_npz(path: Path, size: int) -> dict[str, Split]:
                 torch.from_numpy(labels.astype(np.int64)),
             )
     return splits
+
+
+def drop_cross_split_duplicates(splits: dict[str, Split]) -> dict[str, int]:
+    """Drop images of a lower split (train < val < test) identical to an image of a higher one;
+    returns the count dropped per split and logs it."""
+    seen: set[bytes] = set()
+    dropped = {}
+    for name in ("test", "val", "train"):
+        split = splits[name]
+        digests = [hashlib.sha1(image.numpy().tobytes()).digest() for image in split.images]
+        keep = torch.tensor([d not in seen for d in digests], dtype=torch.bool)
+        dropped[name] = int((~keep).sum())
+        if dropped[name]:
+            splits[name] = Split(split.images[keep], split.labels[keep])
+        seen.update(digests)
+    if any(dropped.values()):
+        log.warning(
+            "dropped images identical to an image of a higher split (test > val > train): %s",
+            ", ".join(f"{n} {c}" for n, c in dropped.items() if c),
+        )
+    return dropped
 
 
 def download(path: Path, size: int, url: str) -> None:
@@ -133,6 +155,12 @@ class PneumoniaMNISTDataModule(XrayDataModule):
                 raise DataError(_missing_message(path, self.size, url))
             download(path, self.size, url)
         splits = read_npz(path, self.size)
+        drop_cross_split_duplicates(splits)
+        log.warning(
+            "PneumoniaMNIST's official val split is an image-level split of Kermany's train/: "
+            "a child's images can sit in train and val, so val AUROC, checkpoint selection and a "
+            "val-chosen threshold are optimistic. The npz carries no patient ids to group by."
+        )
         if self.image_size != self.size:
             for split in splits.values():
                 split.images = TF.resize(split.images, [self.image_size] * 2, antialias=True)
