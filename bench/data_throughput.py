@@ -53,7 +53,7 @@ def epoch_rate(dm: KermanyDataModule, epochs: int) -> float:
     loader = dm.train_dataloader()
     n, start = 0, time.perf_counter()
     for _ in range(epochs):
-        for x, _ in loader:
+        for x, *_ in loader:
             n += x.shape[0]
     return n / (time.perf_counter() - start)
 

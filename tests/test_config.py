@@ -131,3 +131,9 @@ def test_paths_from_run_directories_are_quoted_for_hydra():
         "inputs='already quoted'",
         "inputs='/scans/it\\'s'",
     ]
+
+
+def test_epoch_budgets_with_a_schedule_are_refused():
+    with pytest.raises(ConfigError, match="scheduler=none"):
+        check_config(_compose("budgets=[2,4]", "epochs=4", "scheduler=cosine"))
+    check_config(_compose("budgets=[2,4]", "epochs=4"))

@@ -106,6 +106,10 @@ def test_resume_skips_finished_jobs_and_continues_interrupted_ones(workdir):
         assert metrics(sweep / name)["finished"] == stamp, f"{name} was run again"
     resumed = metrics(sweep / victim)
     assert resumed["resumed_from"].endswith("last.ckpt") and resumed["status"] == "completed"
+    # the aggregate groups on the configuration, not the command: one row per head, n = 2
+    with open(sweep / "sweep_aggregate.csv") as f:
+        aggregate = list(csv.DictReader(f))
+    assert sorted((r["loss"], r["n"]) for r in aggregate) == [("bce", "2"), ("ce", "2")]
 
 
 def test_epoch_budgets_of_one_run_equal_separate_shorter_runs(workdir):

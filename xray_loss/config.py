@@ -163,6 +163,13 @@ def check_config(cfg: DictConfig) -> None:
     budgets = OmegaConf.select(cfg, "budgets", default=None) or []
     if any(_int(b) is None or _int(b) < 1 for b in budgets):
         raise ConfigError(f"Invalid value budgets={list(budgets)}: epochs >= 1 expected.")
+    scheduler = OmegaConf.select(cfg, "scheduler", default=None)
+    if budgets and scheduler:
+        raise ConfigError(
+            f"budgets={list(budgets)} stand for shorter runs only at a constant learning rate: "
+            f"a scheduler's schedule depends on the run's length; use scheduler=none or "
+            f"separate runs (epochs=...)."
+        )
 
 
 def check_threshold(value: Any, key: str = "threshold") -> float | str:

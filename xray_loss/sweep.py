@@ -6,8 +6,8 @@
   (``<time>_<hash>``); with ``resume=true`` it reuses the latest directory of the same command,
   so finished jobs are skipped and interrupted ones continue from ``last.ckpt``.
 - ``on_job_end`` (in whichever process ran the job): rewrites ``sweep_summary.csv`` (one row per
-  job) and ``sweep_aggregate.csv`` (mean and std over seeds and folds) from the jobs'
-  ``metrics.json`` files, atomically, so the tables can be read while the sweep runs.
+  job) and ``sweep_aggregate.csv`` (mean and std over seeds and folds of each configuration)
+  from the jobs' ``metrics.json`` files, atomically, so they can be read while the sweep runs.
 - ``on_multirun_end``: final tables; if any job failed or diverged it says which and exits
   non-zero, after every other job has run.
 """
@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import sys
-from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,13 +29,15 @@ from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
+from xray_loss.metrics import METRICS
 from xray_loss.record import read_record
+from xray_loss.report.runs import format_value
+from xray_loss.report.stats import SUMMARY_KEYS, summarise
 
 log = logging.getLogger(__name__)
 
 SUMMARY = "sweep_summary.csv"
 AGGREGATE = "sweep_aggregate.csv"
-TEST_METRICS = ("acc", "auroc", "f1", "sensitivity", "specificity", "loss")
 FAILED = ("failed", "diverged")
 # overrides that do not change which jobs a sweep runs (left out of its identity)
 _NOT_IDENTITY = (
@@ -46,8 +47,6 @@ _NOT_IDENTITY = (
     "hydra.launcher.",
     "hydra.sweep.dir=",
 )
-# axes whose values are repetitions of one configuration (averaged in the aggregate)
-REPEAT_KEYS = ("seed", "data.fold")
 
 
 def sweep_key(overrides: list[str]) -> str:
@@ -82,7 +81,7 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             "status": record.get("status"),
             "best_val_auroc": record.get("best_val_auroc"),
             "best_epoch": record.get("best_epoch"),
-            **{f"test_{m}": test.get(f"test/{m}") for m in TEST_METRICS},
+            **{f"test_{m}": test.get(f"test/{m}") for m in METRICS},
             "threshold": record.get("threshold"),
             "wall_time_s": record.get("wall_time_s"),
             "error": (record.get("error") or "").replace("\n", " ")[:300],
@@ -101,43 +100,24 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return out.getvalue()
 
 
-def aggregate(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean and std of the completed jobs of each configuration, over seeds and folds."""
-    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for row in rows:
-        if row["status"] != "completed":
-            continue
-        config = " ".join(
-            o for o in row["overrides"].split() if o.lstrip("+").split("=")[0] not in REPEAT_KEYS
-        )
-        groups[config].append(row)
-    out = []
-    for config, members in sorted(groups.items()):
-        agg: dict[str, Any] = {"config": config, "n": len(members)}
-        for key in ("best_val_auroc", *(f"test_{m}" for m in TEST_METRICS)):
-            values = [float(r[key]) for r in members if r.get(key) is not None]
-            if values:
-                mean = sum(values) / len(values)
-                var = sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)
-                agg[f"{key}_mean"], agg[f"{key}_std"] = mean, math.sqrt(var)
-        out.append(agg)
-    return out
-
-
 def write_tables(sweep_dir: Path) -> list[dict[str, Any]]:
-    """(Re)write sweep_summary.csv and sweep_aggregate.csv; return the job rows."""
+    """(Re)write sweep_summary.csv and sweep_aggregate.csv; return the job rows.
+
+    The aggregate groups jobs by their resolved configuration (``xray_loss.report.runs``), so
+    a job re-run with ``resume=true`` or with another ``name``, ``threads`` or launcher setting
+    joins its configuration's row instead of opening a second one.
+    """
     rows = job_rows(sweep_dir)
     if not rows:
         return rows
     _write_atomic(Path(sweep_dir) / SUMMARY, _table(rows, list(rows[0])))
-    agg = aggregate(rows)
+    records = [r for r in (read_record(Path(row["run_dir"])) for row in rows) if r]
+    cols, agg = summarise(records)
     if agg:
-        columns = ["config", "n"] + [
-            f"{k}_{s}"
-            for k in ("best_val_auroc", *(f"test_{m}" for m in TEST_METRICS))
-            for s in ("mean", "std")
-        ]
-        _write_atomic(Path(sweep_dir) / AGGREGATE, _table(agg, columns))
+        for row in agg:
+            row["config"] = " ".join(f"{c}={format_value(row[c])}" for c in cols)
+        stats = [f"{k}_{s}" for k in SUMMARY_KEYS for s in ("mean", "std")]
+        _write_atomic(Path(sweep_dir) / AGGREGATE, _table(agg, ["config", *cols, "n", *stats]))
     return rows
 
 

@@ -1,0 +1,45 @@
+"""``make_report``: every figure and the summary of a set of runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from xray_loss.report.figures import STUDY_FIGURES, calibration_figure, compare_figure, save
+from xray_loss.report.runs import columns, load_runs, slice_for
+from xray_loss.report.stats import paired_loss_tests, summary_rows
+from xray_loss.report.tables import write_summary
+
+
+def make_report(
+    paths: list[Path], out: Path, compare: list[str] | None = None, n_boot: int = 1000
+) -> dict[str, Any]:
+    """Write every figure and the summary; return what was written and the figures' data."""
+    runs, skipped = load_runs(paths)
+    for run_dir, status in skipped:
+        print(f"skipped {run_dir}: {status}")
+    if not runs:
+        raise SystemExit(f"No completed runs under {', '.join(map(str, paths))}.")
+    out.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Any] = {"figures": {}, "skipped": skipped, "runs": len(runs)}
+    jobs = dict(STUDY_FIGURES)
+    for axis in compare or []:
+        jobs[f"compare_{axis}"] = (axis, {})
+    present = columns([r.record for r in runs])
+    for name, (axis, prefer) in jobs.items():
+        if axis not in present:
+            continue
+        fig, data = compare_figure(runs, axis, prefer)
+        written["figures"][name] = {"files": save(fig, out, name), "data": data}
+    loss_runs, _ = slice_for(runs, "loss", STUDY_FIGURES["fig1_loss_compare"][1])
+    fig, data = calibration_figure(loss_runs)
+    written["figures"]["calibration"] = {"files": save(fig, out, "calibration"), "data": data}
+    cols, rows = summary_rows(runs, n_boot)
+    tests = paired_loss_tests(runs)
+    write_summary(out, cols, rows, tests, skipped)
+    written.update(summary=rows, tests=tests, columns=cols)
+    print(
+        f"{len(runs)} run(s); wrote {len(written['figures'])} figure(s), summary.md and "
+        f"summary.csv to {out}"
+    )
+    return written
