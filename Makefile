@@ -7,7 +7,7 @@ PORT ?= 6006
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train test lint format tensorboard clean
+.PHONY: install train test test-slurm lint format tensorboard clean
 
 install: $(STAMP)
 
@@ -20,8 +20,25 @@ $(STAMP): pyproject.toml
 train: install  ## train on the default (phantom data, small CNN, BCE head); ARGS="loss=ce lr=1e-3"
 	$(PY) -m xray_loss.train $(ARGS)
 
-test: install  ## the whole test suite (slow tests included)
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: install  ## the whole test suite (slow tests included), without the SLURM cluster tests
+	$(PY) -m pytest --ignore=tests/cluster $(PYTEST_ARGS)
+
+# Starts a single-node SLURM cluster (munged, slurmctld, slurmd) in a temp dir for the session
+# and stops it again (tests/cluster). Needs root and the Debian packages slurm-wlm and munge.
+SLURM_TOOLS := sbatch srun squeue sinfo scontrol scancel slurmctld slurmd munged
+test-slurm: install  ## tests on a real single-node SLURM cluster (root, slurm-wlm, munge)
+	@export PATH="$$PATH:/usr/sbin:/sbin"; missing=""; \
+	for t in $(SLURM_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
+	if [ -n "$$missing" ]; then \
+	    echo "make test-slurm: not found on PATH:$$missing" >&2; \
+	    echo "  install SLURM and munge first, as root: apt-get install -y slurm-wlm munge" >&2; \
+	    exit 1; \
+	fi; \
+	if [ "$$(id -u)" != 0 ]; then \
+	    echo "make test-slurm: the test cluster runs its daemons and jobs as root; run as root" >&2; \
+	    exit 1; \
+	fi
+	$(PY) -m pytest tests/cluster $(PYTEST_ARGS)
 
 lint: install
 	$(PY) -m ruff check .
