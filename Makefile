@@ -7,7 +7,7 @@ PORT ?= 6006
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train test test-slurm lint format tensorboard clean
+.PHONY: install train test test-slurm lint format pre-commit tensorboard clean
 
 install: $(STAMP)
 
@@ -15,6 +15,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev]"
+	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1 && test -x $(VENV)/bin/pre-commit; then \
+	    $(VENV)/bin/pre-commit install -q || echo "make install: 'pre-commit install' failed; git hooks not installed" >&2; \
+	fi
 	touch $(STAMP)
 
 train: install  ## train on the default (phantom data, small CNN, BCE head); ARGS="loss=ce lr=1e-3"
@@ -43,6 +46,9 @@ test-slurm: install  ## tests on a real single-node SLURM cluster (root, slurm-w
 lint: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+pre-commit: install  ## run the git hooks on every file (fixes whitespace and format in place)
+	$(VENV)/bin/pre-commit run --all-files
 
 format: install
 	$(PY) -m ruff check --fix .

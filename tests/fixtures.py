@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from xray_loss.data.phantom import generate_phantoms
+
+NOT_UTF8 = os.fsdecode(b"IM-0001-0001-\xe9.jpeg")  # the byte 0xe9 alone is not UTF-8
+SHOWN = "IM-0001-0001-\\xe9.jpeg"  # how every message and CSV writes that name
 
 
 def _save(image: np.ndarray, path: Path, size: tuple[int, int], rgb: bool) -> None:
@@ -76,4 +82,22 @@ def make_pneumoniamnist(
     root.mkdir(parents=True, exist_ok=True)
     path = root / (name or ("pneumoniamnist.npz" if size == 28 else f"pneumoniamnist_{size}.npz"))
     np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+def png_header_only(path: Path, width: int, height: int) -> Path:
+    """A PNG that claims ``width`` x ``height`` pixels in a few bytes (a decompression bomb as
+    PIL sees it when opening: the size is checked before any pixel is decoded)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit grey
+    idat = zlib.compress(b"\x00" * 64)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
     return path

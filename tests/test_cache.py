@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import subprocess
@@ -13,8 +15,9 @@ import numpy as np
 import pytest
 
 from tests.fixtures import make_kermany
-from xray_loss.data import images as images_mod
-from xray_loss.data.images import cached_images, decode
+from xray_loss.data import cache as cache_mod
+from xray_loss.data.cache import cached_images
+from xray_loss.data.images import decode
 
 
 def _files(root: Path) -> list[Path]:
@@ -32,7 +35,7 @@ def test_second_read_is_a_hit_and_a_changed_file_invalidates_it(tmp_path, monkey
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again despite a cache hit")
 
-    monkeypatch.setattr(images_mod, "decode_all", no_decoding)
+    monkeypatch.setattr(cache_mod, "decode_all", no_decoding)
     again, _, hashes2 = cached_images(files, 32, "squash", tmp_path / "cache", num_workers=0)
     assert isinstance(again, np.memmap) and np.array_equal(first, again) and hashes2 == hashes
     monkeypatch.undo()
@@ -48,14 +51,14 @@ def test_second_read_is_a_hit_and_a_changed_file_invalidates_it(tmp_path, monkey
 _SLOW_BUILD = """
 import sys, time
 from pathlib import Path
-from xray_loss.data import images
+from xray_loss.data import cache, images
 original = images._DecodeDataset.__getitem__
 def slow(self, i):
     time.sleep(0.05)
     return original(self, i)
 images._DecodeDataset.__getitem__ = slow
 files = sorted(Path(sys.argv[1]).rglob("*.jpeg"))
-images.cached_images(files, 32, "squash", Path(sys.argv[2]), num_workers=0)
+cache.cached_images(files, 32, "squash", Path(sys.argv[2]), num_workers=0)
 """
 
 
@@ -79,3 +82,62 @@ def test_a_killed_build_leaves_no_store_behind(tmp_path):
     assert not bad and array.shape[0] == len(files)
     assert np.array_equal(array[-1], decode(files[-1], 32).numpy())
     assert not list(cache.glob(".*.tmp*"))
+
+
+@pytest.mark.parametrize("resize", ["squash", "crop", "pad"])
+def test_resize_modes_treat_a_wide_image_as_documented(tmp_path, resize):
+    from PIL import Image
+
+    wide = np.full((100, 200), 200, np.uint8)
+    wide[:, :50] = 100  # a darker left quarter
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    image = decode(tmp_path / "wide.png", 32, resize)[0].numpy()
+    assert image.shape == (32, 32)
+    if resize == "squash":  # all of it, stretched vertically: the dark quarter is 8 columns
+        assert (image[:, :7] == 100).all() and (image[:, 9:] == 200).all()
+    if resize == "crop":  # the central 100 x 100 square: the dark quarter is gone
+        assert (image == 200).all()
+    if resize == "pad":  # letterboxed: black bars above and below, content in the middle
+        assert (image[:7] == 0).all() and (image[-7:] == 0).all()
+        assert (image[9:23, :7] == 100).all() and (image[9:23, 9:] == 200).all()
+
+
+def _damage(store: Path, meta: Path, how: str) -> Path:
+    """Damage the store the way a full disk, a partial copy or a hand edit would; returns the
+    file that is damaged."""
+    if how == "truncated_npy":
+        store.write_bytes(store.read_bytes()[:-100])
+        return store
+    if how == "garbage_npy":
+        store.write_bytes(b"not a numpy file")
+        return store
+    if how == "bad_json":
+        meta.write_text('{"files": 12, "bad": [')
+        return meta
+    data = json.loads(meta.read_text())  # valid JSON describing another file list
+    data["hashes"] = data["hashes"][:-1]
+    meta.write_text(json.dumps(data))
+    return meta
+
+
+@pytest.mark.parametrize("how", ["truncated_npy", "garbage_npy", "bad_json", "short_json"])
+def test_a_damaged_store_is_named_and_rebuilt(tmp_path, caplog, how):
+    root = make_kermany(tmp_path / "cx", n_normal=6, n_pneumonia=9)
+    files, cache = _files(root), tmp_path / "cache"
+    built, _, hashes = cached_images(files, 32, "squash", cache, num_workers=0)
+    expected = np.array(built)
+    del built  # no live mapping of a file about to be truncated
+    (store,) = cache.glob("*.npy")
+    damaged = _damage(store, store.with_suffix(".json"), how)
+    with caplog.at_level(logging.WARNING, logger="xray_loss.data.cache"):
+        again, bad, hashes2 = cached_images(files, 32, "squash", cache, num_workers=0)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and str(damaged) in warnings[0]
+    assert "is damaged" in warnings[0] and "rebuilding" in warnings[0]
+    assert np.array_equal(again, expected) and hashes2 == hashes and not bad
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="xray_loss.data.cache"):
+        cached_images(files, 32, "squash", cache, num_workers=0)
+    messages = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("image cache hit") for m in messages)
+    assert not any("is damaged" in m for m in messages)

@@ -13,7 +13,8 @@ import torch
 
 from tests.fixtures import make_kermany
 from xray_loss.data.base import DataError
-from xray_loss.data.kermany import KermanyDataModule, patient_id
+from xray_loss.data.kermany import KermanyDataModule
+from xray_loss.data.kermany_layout import patient_id
 
 
 @pytest.mark.parametrize(

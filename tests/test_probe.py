@@ -16,7 +16,7 @@ from PIL import Image
 from tests.conftest import assert_ok, run_cli
 from tests.fixtures import make_kermany
 from xray_loss.data.base import DataError
-from xray_loss.data.kermany import find_root, scan
+from xray_loss.data.kermany_layout import find_root, scan
 from xray_loss.probe import PROBES, make_folds, run_probe
 
 

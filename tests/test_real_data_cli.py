@@ -42,7 +42,7 @@ def test_kermany_run_logs_splits_writes_csv_and_hits_the_cache_next_time(workdir
     assert metrics(run)["status"] == "completed"
     with open(run / "split.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 62 and set(rows[0]) == {"file", "label", "patient", "split"}
+    assert len(rows) == 62 and set(rows[0]) == {"file", "label", "patient", "split", "note"}
     splits_of = {}
     for r in rows:
         splits_of.setdefault(r["patient"], set()).add(r["split"])

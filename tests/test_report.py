@@ -67,7 +67,8 @@ def test_report_writes_the_study_figures_and_summary(sweep, tmp_path):
     assert sum(r["best"] for r in rows) == 1
     assert all(r["auroc_ci_low"] <= r["auroc_mean"] + 0.2 for r in rows)
     tests = written["tests"]
-    assert len(tests) == 9 + 1 and tests[-1]["n"] == 18
+    assert len(tests) == 9 + 1 and all(t["n"] == 2 for t in tests)
+    assert tests[-1]["pairs"] == "18 pairs from 2 seed(s)"  # pooled over seed-level means
     assert "undecidable with 2 seed(s)" in tests[0]["verdict"]
     text = (out / "summary.md").read_text()
     assert "**" in text and "BCE vs CE" in text and "Skipped runs" in text
@@ -167,7 +168,11 @@ def test_predict_classifies_a_folder_of_mixed_images(sweep, tmp_path):
     assert "notes.txt" in proc.stderr + proc.stdout
     (out,) = [p.parent for p in (tmp_path / "logs" / "predict").rglob("predictions.csv")]
     with open(out / "predictions.csv") as f:
-        rows = list(csv.DictReader(f))
+        listed = list(csv.DictReader(f))
+    rows = [r for r in listed if r["status"] == "ok"]
+    assert [r["status"] for r in listed if Path(r["file"]).name == "notes.txt"][0].startswith(
+        "skipped"
+    )
     assert sorted(Path(r["file"]).name for r in rows) == [
         "scan0.jpeg",
         "scan1.jpeg",

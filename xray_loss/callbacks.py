@@ -4,33 +4,21 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 import shutil
 from pathlib import Path
 
 import lightning as L
 import matplotlib
 import torch
-import torchvision
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics.functional.classification import binary_confusion_matrix, binary_roc
 
+from xray_loss.dashboard import tensorboard_logger
 from xray_loss.metrics import decide
+from xray_loss.record import TrainingDiverged
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
-
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite."""
-
-
-def _tensorboard(trainer: L.Trainer) -> TensorBoardLogger | None:
-    for logger in trainer.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger
-    return None
 
 
 class DivergenceGuard(L.Callback):
@@ -85,59 +73,29 @@ def _lr(trainer: L.Trainer) -> str:
         return "?"
 
 
-class SampleGrid(L.Callback):
-    """Logs a grid of training images of each class to TensorBoard when fit starts."""
-
-    def __init__(self, per_class: int = 16) -> None:
-        self.per_class = int(per_class)
-
-    @rank_zero_only
-    def on_fit_start(self, trainer, pl_module) -> None:
-        tb = _tensorboard(trainer)
-        splits = getattr(trainer.datamodule, "splits", None)
-        if tb is None or not splits:
-            return
-        train = splits["train"]
-        for label, name in ((0, "normal"), (1, "pneumonia")):
-            index = torch.nonzero(train.labels == label).flatten()[: self.per_class]
-            if index.numel() == 0:
-                continue
-            images = train.images[index].cpu()
-            grid = torchvision.utils.make_grid(images, nrow=8, padding=2, pad_value=255)
-            tb.experiment.add_image(f"samples/{name}", grid, global_step=0)
-
-
-class DashboardLayout(L.Callback):
-    """TensorBoard custom-scalars layout: one chart per metric with train and val together.
-
-    The Custom Scalars tab then compares runs metric by metric without clicking through tags.
-    """
-
-    CHARTS = {
-        "loss": ["train/loss", "val/loss"],
-        "accuracy": ["train/acc", "val/acc"],
-        "AUROC": ["val/auroc"],
-        "F1": ["val/f1"],
-        "sensitivity / specificity": ["val/sensitivity", "val/specificity"],
-    }
-
-    @rank_zero_only
-    def on_fit_start(self, trainer, pl_module) -> None:
-        tb = _tensorboard(trainer)
-        if tb is None:
-            return
-        charts = {
-            name: ["Multiline", [f"^{re.escape(tag)}$" for tag in tags]]
-            for name, tags in self.CHARTS.items()
-        }
-        tb.experiment.add_custom_scalars({"xray_loss": charts})
+def write_predictions(path: Path, result, datamodule) -> None:
+    """``test_predictions.csv``: index, label, P(pneumonia), and the file and patient where the
+    data source knows them, every test image exactly once, in dataset order."""
+    split = (getattr(datamodule, "splits", None) or {}).get("test")
+    files = getattr(split, "files", None) or []
+    patients = getattr(split, "patients", None) or []
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8", errors="backslashreplace") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "label", "prob", "file", "patient"])
+        rows = zip(
+            result.index.tolist(), result.labels.tolist(), result.probs.tolist(), strict=True
+        )
+        for i, y, p in rows:
+            file = files[i] if i < len(files) else ""
+            patient = patients[i] if i < len(patients) else ""
+            writer.writerow([i, y, f"{p:.8f}", file, patient])
 
 
 class TestReport(L.Callback):
     """At test time: confusion matrix and ROC curve to TensorBoard, predictions to a CSV.
 
-    ``test_predictions.csv`` (index, label, P(pneumonia), and the file and patient where the
-    data source knows them) holds every test image exactly once; ``xray_loss.report`` uses it
+    ``test_predictions.csv`` (see :func:`write_predictions`) is what ``xray_loss.report`` uses
     for bootstrap confidence intervals (resampling patients when known) and calibration.
     """
 
@@ -151,30 +109,19 @@ class TestReport(L.Callback):
         result = pl_module.evaluated.get("test")
         if result is None or result.probs.numel() == 0:
             return
+        write_predictions(self.dir / "test_predictions.csv", result, trainer.datamodule)
         probs, labels = result.probs, result.labels
-        split = (getattr(trainer.datamodule, "splits", None) or {}).get("test")
-        files = getattr(split, "files", None) or []
-        patients = getattr(split, "patients", None) or []
-        suffix = getattr(pl_module, "report_suffix", "")  # e.g. _epoch010 for epoch budgets
-        self.dir.mkdir(parents=True, exist_ok=True)
-        with open(self.dir / f"test_predictions{suffix}.csv", "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["index", "label", "prob", "file", "patient"])
-            for i, y, p in zip(result.index.tolist(), labels.tolist(), probs.tolist(), strict=True):
-                file = files[i] if i < len(files) else ""
-                patient = patients[i] if i < len(patients) else ""
-                writer.writerow([i, y, f"{p:.8f}", file, patient])
         threshold = float(pl_module.threshold)
         figures = {
             "confusion_matrix": confusion_figure(probs, labels, threshold),
             "roc": roc_figure(probs, labels, threshold),
         }
-        tb = _tensorboard(trainer)
+        tb = tensorboard_logger(trainer)
         for name, fig in figures.items():
             if self.save_figures:
-                fig.savefig(self.dir / f"{name}{suffix}.png", dpi=120)
+                fig.savefig(self.dir / f"{name}.png", dpi=120)
             if tb is not None:
-                tb.experiment.add_figure(f"test{suffix}/{name}", fig, trainer.global_step)
+                tb.experiment.add_figure(f"test/{name}", fig, trainer.global_step)
             plt.close(fig)
 
 
@@ -222,13 +169,13 @@ def roc_figure(probs: torch.Tensor, labels: torch.Tensor, threshold: float):
 
 
 class EpochBudgets(L.Callback):
-    """Keeps, at each epoch budget (e.g. 10, 30, 100), the best checkpoint so far.
+    """Keeps, at each epoch budget (e.g. 10, 30, 100), the best checkpoint so far, and tests it.
 
-    After fit, testing ``budgets/epochNNN.ckpt`` gives what a separate run of NNN epochs would
-    have reported (best val AUROC checkpoint among its epochs), from one long run: exactly so
-    when nothing in the run depends on its total length (constant lr schedule, no early
-    stopping), since data order and initialisation do not depend on ``epochs``.
-    ``epochs_scale`` shrinks the budgets like it shrinks ``epochs``.
+    After fit, :meth:`test` gives what a separate run of NNN epochs would have reported (the best
+    val AUROC checkpoint among its epochs, tested), from one long run: exactly so when nothing
+    in the run depends on its total length (a constant learning rate; budgets with a scheduler
+    are refused at config time), since data order and initialisation do not depend on
+    ``epochs``. ``epochs_scale`` shrinks the budgets like it shrinks ``epochs``.
     """
 
     def __init__(
@@ -236,7 +183,8 @@ class EpochBudgets(L.Callback):
     ) -> None:
         from xray_loss.config import scale_epochs
 
-        self.dir = Path(output_dir) / "checkpoints" / "budgets"
+        self.output_dir = Path(output_dir)
+        self.dir = self.output_dir / "checkpoints" / "budgets"
         self.budgets = {scale_epochs(b, epochs_scale): int(b) for b in (budgets or [])}
         self.saved: dict[int, dict] = {}
 
@@ -271,3 +219,34 @@ class EpochBudgets(L.Callback):
             "epochs_trained": epochs_done,
             "best_val_auroc": float(checkpoint.best_model_score),
         }
+
+    def test(self, trainer: L.Trainer, module, datamodule) -> dict[str, dict]:
+        """Test every kept checkpoint: metrics (metrics.json ``budgets``), predictions
+        (``test_predictions_epochNNN.csv``) and ``budget/...`` scalars at step NNN.
+
+        A plain Trainer of its own runs the tests, on one device of global rank zero, without
+        loggers or callbacks: the run's per-epoch curves and its test report stay those of the
+        final model.
+        """
+        results: dict[str, dict] = {}
+        if trainer.is_global_zero and self.saved:
+            device = trainer.strategy.root_device
+            tester = L.Trainer(
+                accelerator=device.type,
+                devices=[device.index or 0] if device.type == "cuda" else 1,
+                precision=trainer.precision,
+                logger=False,
+                callbacks=[],
+                enable_progress_bar=False,
+                enable_model_summary=False,
+            )
+            for nominal, info in sorted(self.saved.items()):
+                test = tester.test(module, datamodule=datamodule, ckpt_path=info["checkpoint"])[0]
+                name = f"test_predictions_epoch{nominal:03d}.csv"
+                write_predictions(self.output_dir / name, module.evaluated["test"], datamodule)
+                best_epoch = module.loaded_epoch + 1
+                results[str(nominal)] = {**info, "best_epoch": best_epoch, "test": test}
+                for logger in trainer.loggers:
+                    logger.log_metrics({f"budget/{k}": v for k, v in test.items()}, step=nominal)
+        trainer.strategy.barrier()
+        return results

@@ -6,8 +6,11 @@ and says in one sentence which key is wrong and what it accepts.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import logging
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -71,6 +74,33 @@ def quote_path_overrides(argv: list[str], keys: Sequence[str]) -> list[str]:
 def scale_epochs(epochs: int, scale: float) -> int:
     """Epochs actually trained: ``epochs * epochs_scale``, at least 1 (for debug sweeps)."""
     return max(1, round(int(epochs) * float(scale)))
+
+
+# known noise: Lightning's hints about loader workers (the data is in memory), an idle GPU,
+# srun on the PATH of a machine not running under SLURM, a pytree deprecation in Lightning
+_QUIET_WARNINGS = (
+    r".*does not have many workers.*",
+    r".*GPU available but not used.*",
+    r".*`isinstance\(treespec, LeafSpec\)`.*",
+    r".*The `srun` command is available on your system but is not used.*",
+)
+
+
+@functools.cache
+def setup_process() -> None:
+    """What the entry points (train, eval, predict) install once, before Hydra composes the
+    config: the ``xray_loss.*`` resolvers, the allocator thresholds (xray_loss.allocator) and
+    filters for known noise. Importing a module installs nothing."""
+    from xray_loss.allocator import retain_freed_memory
+
+    register_resolvers()
+    retain_freed_memory()
+    for pattern in _QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    # Lightning's adverts for cloud services
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "Tip:" not in record.getMessage()
+    )
 
 
 def register_resolvers() -> None:
@@ -255,61 +285,3 @@ def matched_head_problem(cfg: DictConfig) -> str | None:
                 f"{twin}'s head; compare unweighted heads or the plain heads instead."
             )
     return None
-
-
-# settings that change how a run is run or logged, not what it computes
-_BOOKKEEPING = (
-    "data.batch_size",  # = batch_size
-    "data.seed",  # = seed
-    "data.cache",
-    "data.cache_dir",
-    "data.split_csv",
-    "data.num_workers",
-    "data.download",
-    "data.url",
-    "optimizer.lr",  # = lr
-    "trainer._target_",
-    "trainer.default_root_dir",
-    "trainer.enable_model_summary",
-    "trainer.enable_progress_bar",
-    "trainer.log_every_n_steps",
-    "trainer.num_sanity_val_steps",
-    "trainer.benchmark",
-    "trainer.deterministic",
-)
-_CONFIGURATION_KEYS = ("seed", "lr", "epochs", "epochs_scale", "batch_size", "threshold", "budgets")
-_CONFIGURATION_GROUPS = ("data", "model", "loss", "optimizer", "scheduler", "trainer")
-
-
-def run_configuration(cfg: DictConfig) -> dict[str, Any]:
-    """Every resolved setting that defines what a run computes, as flat ``group.key`` items.
-
-    Two runs with equal configurations are repetitions (they differ in ``seed`` and
-    ``data.fold`` at most, see ``xray_loss.metrics.REPEATS``); the sweep's aggregate and the
-    report group runs on this, never on the command that started them (``resume``, ``name``,
-    ``threads``, ``hydra.*`` and ``paths.*`` are not part of it).
-    """
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, node: Any) -> None:
-        if isinstance(node, dict) and node:
-            for key, value in node.items():
-                walk(f"{prefix}.{key}", value)
-        elif not prefix.endswith("._partial_") and prefix not in _BOOKKEEPING:
-            flat[prefix] = str(node) if isinstance(node, (list, dict)) else node
-
-    for key in _CONFIGURATION_KEYS:
-        flat[key] = OmegaConf.select(cfg, key, default=None)
-        if OmegaConf.is_list(flat[key]):
-            flat[key] = str(list(flat[key]))
-    for group in _CONFIGURATION_GROUPS:
-        node = OmegaConf.select(cfg, group, default=None)
-        if node is not None:
-            walk(group, OmegaConf.to_container(node, resolve=True))
-    return flat
-
-
-def hydra_choice_summary(choices: dict[str, Any]) -> dict[str, str]:
-    """The config-group choices worth logging (loss, model, data, optimizer, ...)."""
-    keys = ("loss", "model", "data", "optimizer", "scheduler", "trainer", "experiment")
-    return {k: str(choices.get(k)) for k in keys if choices.get(k) is not None}

@@ -62,6 +62,23 @@ def global_rank() -> int:
     return int(os.environ.get("NODE_RANK", 0)) * per_node + local
 
 
+def share_cpu_threads(cfg: DictConfig, launcher: DictConfig) -> None:
+    """``threads=auto``: share the CPU cores between the jobs and ranks running side by side
+    (a joblib launcher's parallel jobs, CPU DDP ranks); a number sets the torch threads."""
+    threads = cfg.get("threads", "auto")
+    if threads != "auto":
+        torch.set_num_threads(int(threads))
+        return
+    parallel = 1
+    if "Joblib" in str(launcher.get("_target_", "")):
+        n_jobs = launcher.get("n_jobs") or -1
+        parallel = os.cpu_count() if n_jobs < 0 else n_jobs
+    if is_ddp(cfg) and str(cfg.trainer.accelerator) == "cpu":
+        parallel *= world_size(cfg)
+    if parallel > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // parallel))
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -69,14 +86,32 @@ def _free_port() -> int:
 
 
 class LocalRanks:
-    """The local ranks 1..devices-1 this process started (none when not needed)."""
+    """The local ranks 1..devices-1 of a DDP job, started by rank 0 on the job's resolved config.
 
-    def __init__(self) -> None:
+    A context manager: entering starts them (none when not needed) and makes this process local
+    rank 0; leaving waits for them, or stops them if the block failed, and restores the
+    environment. Every rank of a DDP job writes ``.hydra/resolved_rank<N>.yaml``: the config it
+    ran, for audits.
+    """
+
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        self.cfg, self.run_dir = cfg, Path(run_dir)
         self.children: list[subprocess.Popen] = []
         self._saved_env: dict[str, str | None] = {}
 
-    def start(self, cfg: DictConfig, run_dir: Path) -> None:
-        """Start the other local ranks on the resolved config; make this process local rank 0."""
+    def __enter__(self) -> LocalRanks:
+        self._start()
+        rank = global_rank()
+        if rank > 0 or self.children or (is_ddp(self.cfg) and world_size(self.cfg) > 1):
+            path = self.run_dir / ".hydra" / f"resolved_rank{rank}.yaml"
+            OmegaConf.save(self.cfg, path, resolve=True)
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._finish(failed=exc_type is not None)
+
+    def _start(self) -> None:
+        cfg, run_dir = self.cfg, self.run_dir
         devices = _devices(cfg)
         if not is_ddp(cfg) or world_size(cfg) <= 1 or scheduler_started_ranks():
             return
@@ -111,7 +146,7 @@ class LocalRanks:
             self.children.append(subprocess.Popen(command, env=child_env))
         log.info("DDP: started local ranks 1..%d on %s", devices - 1, hydra_dir / RESOLVED)
 
-    def finish(self, failed: bool) -> None:
+    def _finish(self, failed: bool) -> None:
         """Wait for the ranks; stop them if rank 0 failed; restore the environment.
 
         The process group goes too: the next job of a multirun in this process starts a new one.

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from xray_loss.callbacks import TestReport
-from xray_loss.config import ConfigError, quote_path_overrides, register_resolvers
+from xray_loss.config import ConfigError, quote_path_overrides, setup_process
 from xray_loss.module import load_classifier, run_config
 from xray_loss.record import RunRecord
 
 log = logging.getLogger("xray_loss.eval")
-register_resolvers()
-warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+EXAMPLE = "python -m xray_loss.eval ckpt_path=logs/train/runs/<run>/checkpoints/best-epoch011.ckpt"
 
 
 def data_config(cfg: DictConfig, trained: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -55,6 +53,11 @@ def data_config(cfg: DictConfig, trained: dict[str, Any], out: Path) -> dict[str
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    if OmegaConf.is_missing(cfg, "ckpt_path"):  # one sentence, not MissingMandatoryValue's trace
+        raise ConfigError(
+            f"ckpt_path is not set: give the checkpoint of a training run to test, e.g. {EXAMPLE} "
+            f"(add data=... to test on other data)."
+        )
     out = Path(cfg.paths.output_dir)
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"Invalid value split={cfg.split!r}: split must be test or val.")
@@ -101,5 +104,6 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
+    setup_process()
     sys.argv[1:] = quote_path_overrides(sys.argv[1:], ("ckpt_path", "data.root"))
     main()

@@ -35,6 +35,7 @@ AXES = (
     "loss",
     "lr",
     "epochs",
+    "max_epochs",  # epochs trained: epochs x epochs_scale in a dry run
     "batch_size",
     "model",
     "data",

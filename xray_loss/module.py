@@ -97,7 +97,7 @@ class XrayClassifier(L.LightningModule):
         self.train_loss = MeanMetric(nan_strategy="disable")
         self._outputs: dict[str, list[tuple[torch.Tensor, ...]]] = {"val": [], "test": []}
         self.evaluated: dict[str, Evaluated] = {}
-        self.report_suffix = ""  # names the test report files of an epoch-budget test
+        self.loaded_epoch: int | None = None  # epoch of the checkpoint last loaded (0-based)
 
     # --- model -------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -173,7 +173,8 @@ class XrayClassifier(L.LightningModule):
             if self.hparams.threshold == "youden":
                 self.threshold.fill_(self.youden_threshold)
         self._log_metrics("val", result)
-        self.log("val/threshold", self.threshold.float(), sync_dist=True)
+        to_loggers = self.trainer.state.fn != "validate"
+        self.log("val/threshold", self.threshold.float(), sync_dist=True, logger=to_loggers)
 
     def on_test_epoch_end(self) -> None:
         # the decision threshold is the one stored with the checkpoint under test
@@ -182,10 +183,15 @@ class XrayClassifier(L.LightningModule):
     def _log_metrics(self, stage: str, result: Evaluated) -> None:
         values = binary_metrics(result.probs, result.labels, float(self.threshold))
         values = {"loss": result.loss, **values}
-        # every rank holds the whole set, so the values agree; sync_dist only keeps Lightning
-        # from warning about epoch-level values under DDP
         logged = {f"{stage}/{k}": v.to(self.device) for k, v in values.items()}
-        self.log_dict(logged, sync_dist=True)
+        # every rank holds the whole set, so the values agree; sync_dist only keeps Lightning
+        # from warning about epoch-level values under DDP. A re-validation after fit (the best
+        # checkpoint's val metrics for metrics.json) stays out of the per-epoch curves.
+        to_loggers = self.trainer.state.fn != "validate"
+        self.log_dict(logged, sync_dist=True, logger=to_loggers)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.loaded_epoch = int(checkpoint.get("epoch", 0))
 
     def _evaluate(self, stage: str) -> Evaluated:
         """The stage's outputs gathered from every rank, each image once, in dataset order."""

@@ -4,9 +4,12 @@
     python -m xray_loss.predict ckpt_path=... inputs=scan.jpeg threshold=youden cam=true
 
 Images are read and resized exactly as in training (grey, the checkpoint's image size and resize
-mode). Writes ``predictions.csv`` (file, prob_pneumonia, label, threshold) to
+mode). Writes ``predictions.csv`` (file, prob_pneumonia, label, threshold, status) to
 logs/predict/runs/<time>_<overrides>, and with ``cam=true`` a Grad-CAM overlay per image in
-``cam/``. A file that is not a readable image is named in a warning and skipped.
+``cam/``. A file that is not a readable image (not an image, truncated, over PIL's
+decompression-bomb limit) is named in a warning, skipped, and listed in predictions.csv with
+``status`` ``skipped: <reason>`` (``ok`` for classified images); when no file is readable the
+command fails, naming the folder, after writing that CSV.
 """
 
 from __future__ import annotations
@@ -14,21 +17,22 @@ from __future__ import annotations
 import csv
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import hydra
 import matplotlib
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from xray_loss.config import (
     ConfigError,
     check_threshold,
     quote_path_overrides,
-    register_resolvers,
+    setup_process,
 )
-from xray_loss.data.images import ImageDecodeError, decode
+from xray_loss.data.images import ImageDecodeError, decode, display_path
 from xray_loss.gradcam import grad_cam
 from xray_loss.metrics import decide
 from xray_loss.module import load_classifier, run_config
@@ -37,7 +41,24 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 log = logging.getLogger("xray_loss.predict")
-register_resolvers()
+
+COLUMNS = ["file", "prob_pneumonia", "label", "threshold", "status"]
+EXAMPLE = (
+    "python -m xray_loss.predict "
+    "ckpt_path=logs/train/runs/<run>/checkpoints/best-epoch011.ckpt inputs=scans/"
+)
+
+
+def require(cfg: DictConfig, keys: Sequence[str], example: str) -> None:
+    """One sentence with an example command for mandatory keys left unset (``???``), instead
+    of OmegaConf's MissingMandatoryValue traceback."""
+    missing = [key for key in keys if OmegaConf.is_missing(cfg, key)]
+    if missing:
+        raise ConfigError(
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set: "
+            f"give the checkpoint of a training run and the image file or folder to classify, "
+            f"e.g. {example}"
+        )
 
 
 def list_inputs(inputs: str) -> list[Path]:
@@ -75,7 +96,40 @@ def save_cam(image: torch.Tensor, cam: torch.Tensor, prob: float, path: Path) ->
     plt.close(fig)
 
 
+def read_images(
+    files: list[Path], size: int, resize: str
+) -> tuple[list[torch.Tensor], list[Path], dict[Path, str]]:
+    """Decode every file as in training; the unreadable ones are named and skipped.
+
+    Returns the images, their files, and the reason of every skipped file.
+    """
+    images, names, skipped = [], [], {}
+    for path in files:
+        try:
+            images.append(decode(path, size, resize))
+            names.append(path)
+        except ImageDecodeError as err:
+            skipped[path] = err.reason
+        except OSError as err:
+            skipped[path] = err.strerror or str(err)
+        if path in skipped:
+            log.warning("skipped %s: not a readable image (%s)", display_path(path), skipped[path])
+    return images, names, skipped
+
+
+def no_image_message(inputs: str, skipped: dict[Path, str], csv_path: Path) -> str:
+    """One paragraph: nothing could be classified, why (the first reasons), where the list is."""
+    reasons = "; ".join(f"{display_path(p.name)}: {r}" for p, r in list(skipped.items())[:3])
+    more = f"; and {len(skipped) - 3} more" if len(skipped) > 3 else ""
+    return (
+        f"No readable image in inputs={inputs}: all {len(skipped)} file(s) were skipped "
+        f"({reasons}{more}). Each is listed with its reason in {csv_path}. Give JPEG or PNG "
+        f"chest X-rays (grey or RGB, any size), a file or a folder of them."
+    )
+
+
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
+    require(cfg, ("ckpt_path", "inputs"), EXAMPLE)
     out = Path(cfg.paths.output_dir)
     model = load_classifier(cfg.ckpt_path)
     threshold = choose_threshold(cfg.threshold, model)
@@ -85,15 +139,8 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     device = torch.device("cuda" if use_gpu else "cpu")
     model.to(device)
     files = list_inputs(cfg.inputs)
-    images, names, skipped = [], [], []
-    for path in files:
-        try:
-            images.append(decode(path, size, resize))
-            names.append(path)
-        except (ImageDecodeError, OSError) as err:
-            skipped.append(path)
-            log.warning("skipped %s: not a readable image (%s)", path, err)
-    rows: list[dict[str, Any]] = []
+    images, names, skipped = read_images(files, size, resize)
+    rows: dict[Path, dict[str, Any]] = {}
     for start in range(0, len(images), int(cfg.batch_size)):
         batch = torch.stack(images[start : start + int(cfg.batch_size)]).to(device)
         with torch.no_grad():
@@ -102,30 +149,34 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         cams = grad_cam(model, batch).cpu() if cfg.cam else None
         for i, prob in enumerate(probs.tolist()):
             path = names[start + i]
-            rows.append(
-                {
-                    "file": str(path),
-                    "prob_pneumonia": f"{prob:.8f}",
-                    "label": "PNEUMONIA" if positive[i] else "NORMAL",
-                    "threshold": f"{threshold:.6f}",
-                }
-            )
+            rows[path] = {
+                "file": display_path(path),
+                "prob_pneumonia": f"{prob:.8f}",
+                "label": "PNEUMONIA" if positive[i] else "NORMAL",
+                "threshold": f"{threshold:.6f}",
+                "status": "ok",
+            }
             if cams is not None:
                 save_cam(
                     batch[i].cpu(), cams[i], prob, out / "cam" / f"{start + i:05d}_{path.stem}.png"
                 )
+    for path, reason in skipped.items():
+        rows[path] = {"file": display_path(path), "status": f"skipped: {reason}"}
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "predictions.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["file", "prob_pneumonia", "label", "threshold"])
+    csv_path = out / "predictions.csv"
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS, restval="")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(rows[path] for path in files)  # in the order of the inputs
+    if not images:
+        raise ConfigError(no_image_message(cfg.inputs, skipped, csv_path))
+    classified = [row for row in rows.values() if row["status"] == "ok"]
     print(
-        f"\n{len(rows)} image(s) classified (threshold {threshold:.3f}), {len(skipped)} "
-        f"skipped. Predictions: {out / 'predictions.csv'}"
-        + (f"; Grad-CAM: {out / 'cam'}" if cfg.cam else ""),
+        f"\n{len(classified)} image(s) classified (threshold {threshold:.3f}), {len(skipped)} "
+        f"skipped. Predictions: {csv_path}" + (f"; Grad-CAM: {out / 'cam'}" if cfg.cam else ""),
         flush=True,
     )
-    return rows
+    return classified
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
@@ -134,5 +185,6 @@ def main(cfg: DictConfig) -> list[dict[str, Any]]:
 
 
 if __name__ == "__main__":
+    setup_process()
     sys.argv[1:] = quote_path_overrides(sys.argv[1:], ("ckpt_path", "inputs"))
     main()

@@ -32,7 +32,7 @@ from torchmetrics.functional.classification import binary_auroc
 
 from xray_loss.data.base import DataError
 from xray_loss.data.images import RESIZE_MODES, decode
-from xray_loss.data.kermany import LAYOUT, ImageFile, find_root, scan
+from xray_loss.data.kermany_layout import LAYOUT, ImageFile, find_root, scan
 from xray_loss.data.splits import connected_groups, grouped_folds
 
 FILE_FEATURES = ("log_bytes", "width", "height", "aspect", "bits_per_pixel", "rgb", "jpeg_qtable")

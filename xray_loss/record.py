@@ -1,34 +1,79 @@
-"""``metrics.json``: the machine-readable record of one run, written atomically.
+"""``metrics.json``: the machine-readable record of one run, and how a run's end maps to it.
 
 It is created with ``status: running`` when a run starts and rewritten when it ends
-(``completed``, ``diverged``, ``failed`` or ``pruned``), so sweep bookkeeping, resumption and
-reports can trust whatever they read, even while runs are going.
+(``completed``, ``diverged``, ``failed`` or ``pruned``), atomically, so sweep bookkeeping,
+resumption and reports can trust whatever they read, even while runs are going.
+:func:`recorded_run` wraps a run: it starts the record, maps how the run ended to a status and
+finishes the record, whatever happened.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import CompactHydraException
+from omegaconf import DictConfig, OmegaConf
+
+from xray_loss.metrics import AXES
+
 STATUSES = ("running", "completed", "diverged", "failed", "pruned")
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temp file in the same folder, then rename it over ``path``."""
+# --- how a run can end early: a hierarchy of its own, mapped to a status ---------------------
+class RunStopped(Exception):
+    """A run that ended early for a reason its message explains (status ``failed``)."""
+
+    status = "failed"
+
+
+class TrainingDiverged(RunStopped):
+    """The training loss became NaN or infinite, or exploded."""
+
+    status = "diverged"
+
+
+class RunFailed(CompactHydraException):
+    """What the command line reports for a run stopped with an explained reason: one line,
+    no traceback (Hydra prints a CompactHydraException's message alone)."""
+
+
+def _is_trial_pruned(err: BaseException) -> bool:
+    """An Optuna prune, recognised by its class (optuna is imported only if a trial runs)."""
+    optuna = sys.modules.get("optuna")
+    return optuna is not None and isinstance(err, optuna.TrialPruned)
+
+
+# --- writing ---------------------------------------------------------------------------------
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temp path beside ``path`` to write to; renamed over ``path`` when the block succeeds,
+    removed when it fails. Readers see the old file or the new one, never half of one.
+
+    The temp file is an ordinary file (mode 0666 minus the umask, like every other output).
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-            f.write("\n")
+        yield tmp
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """JSON to ``path`` through :func:`atomic_path` (an ordinary 0644 file under umask 022)."""
+    with atomic_path(path) as tmp, open(tmp, "x") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.write("\n")
 
 
 def read_record(path: Path) -> dict[str, Any] | None:
@@ -71,3 +116,134 @@ class RunRecord:
     def finish(self, status: str, **fields: Any) -> None:
         assert status in STATUSES, status
         self.update(status=status, finished=now_iso(), **fields)
+
+
+# --- one run, start to end -------------------------------------------------------------------
+class Run:
+    """What :func:`recorded_run` hands the block: the record, and where to resume from."""
+
+    def __init__(self, record: RunRecord, skip: bool, resume_from: str | None) -> None:
+        self.record, self.skip, self.resume_from = record, skip, resume_from
+        self.started = time.time()
+
+    def finish(self, result: dict[str, Any]) -> None:
+        """The run completed: record its results (rank 0 writes them)."""
+        self.record.finish("completed", **result, wall_time_s=self.elapsed())
+
+    def elapsed(self) -> float:
+        return round(time.time() - self.started, 2)
+
+
+@contextmanager
+def recorded_run(run_dir: Path, resume: bool, rank: int = 0, **start_fields: Any) -> Iterator[Run]:
+    """Start the run's record, yield it, and map how the block ended to the record's status.
+
+    ``resume=true``: a run already ``completed`` is skipped (``run.skip``), a ``running`` one
+    with a ``last.ckpt`` continues from it (``run.resume_from``). How a run ends:
+
+    - the block returns: the caller finished it (``run.finish``);
+    - ``TrainingDiverged`` / ``RunStopped``: status ``diverged`` / ``failed``, then one line on
+      the command line (``RunFailed``), no traceback;
+    - an explained error (bad config or data: ``ValueError``, ``FileNotFoundError``,
+      ``CompactHydraException``): ``failed``, one line;
+    - an Optuna prune: ``pruned``, and the block's end is not an error;
+    - anything else: ``failed`` with the exception's type and message, and its traceback.
+    """
+    record = RunRecord(run_dir, write=rank == 0)
+    if resume and record.status == "completed":
+        yield Run(record, skip=True, resume_from=None)
+        return
+    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    resume_from = str(last) if resume and record.status == "running" and last.exists() else None
+    record.start(run_dir=str(run_dir), resumed_from=resume_from, **start_fields)
+    run = Run(record, skip=False, resume_from=resume_from)
+    try:
+        yield run
+    except (RunStopped, ValueError, FileNotFoundError, CompactHydraException) as err:
+        status = err.status if isinstance(err, RunStopped) else "failed"
+        record.finish(status, error=str(err), wall_time_s=run.elapsed())
+        if isinstance(err, CompactHydraException):
+            raise
+        raise RunFailed(str(err)) from None
+    except BaseException as err:
+        if _is_trial_pruned(err):
+            record.finish("pruned", error=str(err), wall_time_s=run.elapsed())
+            return
+        record.finish("failed", error=f"{type(err).__name__}: {err}", wall_time_s=run.elapsed())
+        raise
+
+
+# --- what a run is: its named hyperparameters and its resolved configuration ----------------
+def hyperparameters(cfg: DictConfig, choices: dict[str, Any]) -> dict[str, Any]:
+    """The named hyperparameters of a run (``xray_loss.metrics.AXES``): what metrics.json's
+    ``config``, the HParams table and the report's columns call them. ``choices`` are Hydra's
+    config-group choices (``loss=ce_matched`` is named ``ce_matched``, not by its class)."""
+    decay = OmegaConf.select(cfg, "optimizer.weight_decay", default=0.0) or 0.0
+    values = {
+        "loss": choices.get("loss"),
+        "model": choices.get("model"),
+        "data": choices.get("data"),
+        "optimizer": choices.get("optimizer"),
+        "scheduler": choices.get("scheduler"),
+        "lr": float(cfg.lr),
+        "epochs": int(cfg.epochs),
+        "max_epochs": int(cfg.trainer.max_epochs),
+        "batch_size": int(cfg.batch_size),
+        "seed": int(cfg.seed),
+        "weight_decay": float(decay),
+        "image_size": int(cfg.data.image_size),
+        "threshold": str(cfg.threshold),
+    }
+    return {axis: values[axis] for axis in AXES}
+
+
+# settings that change how a run is run or logged, not what it computes
+_BOOKKEEPING = (
+    "data.batch_size",  # = batch_size
+    "data.seed",  # = seed
+    "data.cache",
+    "data.cache_dir",
+    "data.split_csv",
+    "data.num_workers",
+    "data.download",
+    "data.url",
+    "optimizer.lr",  # = lr
+    "trainer._target_",
+    "trainer.default_root_dir",
+    "trainer.enable_model_summary",
+    "trainer.enable_progress_bar",
+    "trainer.log_every_n_steps",
+    "trainer.num_sanity_val_steps",
+    "trainer.benchmark",
+    "trainer.deterministic",
+)
+_CONFIGURATION_KEYS = ("seed", "lr", "epochs", "epochs_scale", "batch_size", "threshold", "budgets")
+_CONFIGURATION_GROUPS = ("data", "model", "loss", "optimizer", "scheduler", "trainer")
+
+
+def run_configuration(cfg: DictConfig) -> dict[str, Any]:
+    """Every resolved setting that defines what a run computes, as flat ``group.key`` items.
+
+    Two runs with equal configurations are repetitions (they differ in ``seed`` and
+    ``data.fold`` at most, see ``xray_loss.metrics.REPEATS``); the sweep's aggregate and the
+    report group runs on this, never on the command that started them (``resume``, ``name``,
+    ``threads``, ``hydra.*`` and ``paths.*`` are not part of it).
+    """
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(f"{prefix}.{key}", value)
+        elif not prefix.endswith("._partial_") and prefix not in _BOOKKEEPING:
+            flat[prefix] = str(node) if isinstance(node, (list, dict)) else node
+
+    for key in _CONFIGURATION_KEYS:
+        flat[key] = OmegaConf.select(cfg, key, default=None)
+        if OmegaConf.is_list(flat[key]):
+            flat[key] = str(list(flat[key]))
+    for group in _CONFIGURATION_GROUPS:
+        node = OmegaConf.select(cfg, group, default=None)
+        if node is not None:
+            walk(group, OmegaConf.to_container(node, resolve=True))
+    return flat

@@ -19,7 +19,6 @@ import hashlib
 import io
 import logging
 import math
-import os
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -29,8 +28,10 @@ from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
+from xray_loss.config import setup_process
+from xray_loss.ddp import global_rank
 from xray_loss.metrics import METRICS
-from xray_loss.record import read_record
+from xray_loss.record import atomic_path, read_record
 from xray_loss.report.runs import format_value
 from xray_loss.report.stats import SUMMARY_KEYS, summarise
 
@@ -56,9 +57,8 @@ def sweep_key(overrides: list[str]) -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def _fmt(value: Any) -> str:
@@ -121,12 +121,14 @@ def write_tables(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _is_rank_zero() -> bool:
-    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "SLURM_PROCID", "LOCAL_RANK"))
-
-
 class SweepBookkeeping(Callback):
     """Hydra callback; see the module docstring."""
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A parallel launcher (joblib, submitit) unpickles its callbacks in the worker before
+        # the worker names the job's directory with the xray_loss.* resolvers: install them.
+        self.__dict__.update(state)
+        setup_process()
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         hydra_overrides = list(config.hydra.overrides.hydra)
@@ -147,7 +149,7 @@ class SweepBookkeeping(Callback):
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{sweep_dir}'")
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
-        if _is_rank_zero():
+        if global_rank() == 0:
             write_tables(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

@@ -148,16 +148,14 @@ class OptunaPruningSweeper(Sweeper):
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         space, fixed = self._search_space(arguments)
         study = self._study()
-        # trials a killed sweep left running: close them and run their parameters again
+        # trials a killed sweep left running: close them and run their parameters again; the
+        # retry names the trial it replaces, which then does not count as done
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
             study.tell(trial.number, state=TrialState.FAIL)
-            study.enqueue_trial(trial.params)
-        finished = [
-            t
-            for t in study.get_trials(deepcopy=False)
-            if t.state.is_finished() and not t.user_attrs.get("interrupted")
-        ]
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+        trials = study.get_trials(deepcopy=False)
+        replaced = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+        finished = [t for t in trials if t.state.is_finished() and t.number not in replaced]
         remaining = self.conf.n_trials - len(finished)
         log.info(
             "Optuna study %s in %s: %d trial(s) done, %d to run",
@@ -170,6 +168,8 @@ class OptunaPruningSweeper(Sweeper):
         job_index = len(study.trials)
         while remaining > 0:
             trials = [study.ask(space) for _ in range(min(self.conf.n_jobs, remaining))]
+            # the job reopens its trial with optuna.trial.Trial(study, trial_id): Optuna has no
+            # public accessor of that storage id, so the private attribute is the only way
             batch = [
                 fixed
                 + [_as_override(k, v) for k, v in t.params.items()]

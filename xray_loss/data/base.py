@@ -22,6 +22,7 @@ from xray_loss.data.augment import AugmentConfig, BatchAugment, sample_augment
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # label 0, label 1
 
 
 class DataError(ValueError):
@@ -85,6 +86,8 @@ class XrayDataModule(L.LightningDataModule):
     """Base class: batching, augmentation and device placement for in-memory uint8 splits."""
 
     name = "xray"
+    #: what the source expects on disk, appended to its data errors (Kermany: the folder tree)
+    layout_hint: str = ""
 
     def __init__(
         self,
@@ -108,6 +111,10 @@ class XrayDataModule(L.LightningDataModule):
     def load_splits(self) -> dict[str, Split]:
         raise NotImplementedError
 
+    def describe_split(self, name: str) -> str:
+        """Split ``name`` as an error message names it; a source adds where it came from."""
+        return f"The {name} split"
+
     # --- Lightning hooks --------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:
@@ -121,7 +128,44 @@ class XrayDataModule(L.LightningDataModule):
                     counts[0],
                     counts[1],
                 )
+            self._check_splits()
         self._place_on_device()
+
+    def _check_splits(self) -> None:
+        """Every split holds both classes; the batch size fits the training split.
+
+        Checked on what ``load_splits`` returned, after skipped files, carve-outs and dropped
+        duplicates, for every source: a one-class split has no AUROC, and a run on it would
+        "complete" with val AUROC nan instead of saying what is wrong with the data.
+        """
+        for name in SPLITS:
+            counts = self.splits[name].class_counts()
+            missing = [CLASS_NAMES[c] for c in (0, 1) if counts[c] == 0]
+            if not missing:
+                continue
+            if len(missing) == 2:
+                problem = "holds no images"
+            else:
+                present = CLASS_NAMES[1 - CLASS_NAMES.index(missing[0])]
+                problem = f"holds only {present} images, no {missing[0]} image"
+            hint = f"\n{self.layout_hint}" if self.layout_hint else ""
+            self.splits = None  # a later setup() checks again instead of training on it
+            raise DataError(
+                f"{self.describe_split(name)} {problem}, and a split needs both classes (with "
+                f"one, AUROC is undefined and the run would end with val AUROC nan). Add images "
+                f"of the missing class.{hint}"
+            )
+        n_train = len(self.splits["train"])
+        if self.batch_size > n_train:
+            log.warning(
+                "batch_size=%d is larger than the training split (%d images): every epoch is "
+                "one short batch of %d images, a single optimizer step; a batch_size below %d "
+                "gives more steps per epoch",
+                self.batch_size,
+                n_train,
+                n_train,
+                n_train,
+            )
 
     def _place_on_device(self) -> None:
         trainer = self.trainer
@@ -166,7 +210,8 @@ class XrayDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             shuffle=train,
-            # a ragged last batch adds a noisy step; drop it unless the split is that small
+            # a ragged last batch adds a noisy step; drop it unless the split is that small: a
+            # split of fewer than 2 batches keeps its short batch, so training never has 0 steps
             drop_last=train and len(dataset) >= 2 * self.batch_size,
             num_workers=workers,
             persistent_workers=workers > 0,

@@ -1,23 +1,24 @@
-"""Reading image files into uint8 tensors, lazily per batch or once into a cache.
+"""Reading image files into uint8 tensors, lazily per batch or in parallel for the cache.
 
-``decode`` turns any file (JPEG/PNG, grey or RGB, 8 or 16 bit, any size) into a
-(1, S, S) uint8 tensor, resizing every image the same way so that file size, aspect ratio and
-colour mode cannot leak the class. ``FileImages`` decodes on access (the per-epoch path),
-``cached_images`` decodes each file once into a ``.npy`` store that later runs memory-map.
+``decode`` turns any file (JPEG/PNG, grey or RGB, 8 or 16 bit, any size) into a (1, S, S) uint8
+tensor, resizing every image the same way, so file size and colour mode stay out of the model
+(what a resize mode leaves in is discussed in ``decode`` and the README). ``FileImages``
+decodes on access (the per-epoch path), ``decode_all`` every file in parallel for the decode-once
+cache (``xray_loss.data.cache``).
 
-The store's name is a hash of the file list (paths, sizes, mtimes), the image size and the
-resize mode: a changed, added or removed file gives a new key. It is written to a temp file and
-renamed into place, so a killed build never leaves a half-written store behind under a real name.
+A file that cannot be decoded is reported with one clean reason (``ImageDecodeError.reason``),
+never a crash: that includes images over PIL's decompression-bomb limit (see ``_read_grey``) and
+file names that are not valid UTF-8 (``display_path`` makes them printable).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import os
-import time
+import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,27 +30,80 @@ from torchvision.transforms.v2 import functional as TF
 
 log = logging.getLogger(__name__)
 
-RESIZE_MODES = ("squash", "crop")
-_CACHE_VERSION = 1
+RESIZE_MODES = ("squash", "crop", "pad")
 
 
 class ImageDecodeError(ValueError):
-    pass
+    """A file that is not a decodable image.
+
+    ``str(err)`` is ``"<path>: <reason>"``, so the error names its file wherever it surfaces;
+    callers that print the path themselves use ``reason`` alone, so each path appears once.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path, self.reason = Path(path), reason
+        super().__init__(f"{display_path(path)}: {reason}")
+
+    def __reduce__(self):  # picklable across DataLoader worker processes
+        return type(self), (self.path, self.reason)
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` as text that any UTF-8 writer accepts (CSV, log file, terminal).
+
+    Python keeps the bytes of a file name that are not valid UTF-8 as lone surrogates
+    (``\\udce9``), which ``str.encode`` rejects: a CSV writer or a log handler would stop on
+    them. Here they become ``\\xNN`` escapes, so the name stays readable and writing it cannot
+    fail; valid names are returned unchanged.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+# PIL's "cannot identify image file <_io.BytesIO object at 0x...>": the repr says nothing
+_STREAM_REPR = re.compile(r"\s*<_io\.\w+ object at 0x[0-9a-fA-F]+>")
+_BOMB_SIZE = re.compile(r"Image size \((\d+) pixels\)")
+
+
+def clean_reason(reason: str) -> str:
+    """A decoder's message without the in-memory stream's repr."""
+    return _STREAM_REPR.sub("", reason).strip()
+
+
+def _bomb_reason(err: Exception) -> str:
+    found = _BOMB_SIZE.search(str(err))
+    size = f"{int(found.group(1)):,} pixels" if found else "the image"
+    return (
+        f"{size} is over PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS:,} pixels "
+        f"(PIL.Image.MAX_IMAGE_PIXELS), so it was not decoded; downscale a genuine image first"
+    )
 
 
 def _read_grey(path: Path, data: bytes | None = None) -> torch.Tensor:
-    """Decode any 8/16-bit grey, RGB, palette or CMYK image to one uint8 channel (1, H, W)."""
+    """Decode any 8/16-bit grey, RGB, palette or CMYK image to one uint8 channel (1, H, W).
+
+    Decompression bombs: PIL raises ``DecompressionBombError`` above twice
+    ``Image.MAX_IMAGE_PIXELS`` (about 179 Mpx by default) and only warns between the limit and
+    twice it. Here the warning range is a bad file too: one limit, named with the file, instead
+    of a silent decode of a 90-180 Mpx picture (hundreds of MB per decoding worker) that no chest
+    radiograph needs (Kermany's originals are under 10 Mpx). A genuine larger image can be
+    downscaled first, or ``PIL.Image.MAX_IMAGE_PIXELS`` raised by code that imports this module.
+    """
     try:
-        with Image.open(io.BytesIO(path.read_bytes() if data is None else data)) as pil:
-            pil.load()
-            if pil.mode in ("I;16", "I;16B", "I;16L", "I"):
-                array = np.asarray(pil, dtype=np.float64)
-                top = 65535.0 if array.max() > 255 else 255.0
-                array = np.clip(np.round(array * (255.0 / top)), 0, 255).astype(np.uint8)
-            else:
-                array = np.asarray(pil.convert("L"))
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as err:
-        raise ImageDecodeError(f"{path}: {err}") from None
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(path.read_bytes() if data is None else data)) as pil:
+                pil.load()
+                if pil.mode in ("I;16", "I;16B", "I;16L", "I"):
+                    array = np.asarray(pil, dtype=np.float64)
+                    top = 65535.0 if array.max() > 255 else 255.0
+                    array = np.clip(np.round(array * (255.0 / top)), 0, 255).astype(np.uint8)
+                else:
+                    array = np.asarray(pil.convert("L"))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageDecodeError(path, _bomb_reason(err)) from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise ImageDecodeError(path, clean_reason(reason) or type(err).__name__) from None
     return torch.from_numpy(array.copy()).unsqueeze(0)
 
 
@@ -58,18 +112,29 @@ def decode(
 ) -> torch.Tensor:
     """One file -> uint8 tensor (1, image_size, image_size).
 
-    ``squash`` resizes the whole image to a square (as the common 224 px copies do);
-    ``crop`` takes the central square first (as MedMNIST does). Antialiased either way.
+    ``squash`` resizes the whole image to a square (as the common 224 px copies do): a class
+    whose originals are wider than the other's is distorted differently. ``crop`` takes the
+    central square first (as MedMNIST does; the anatomy keeps its proportions, the sides are
+    lost). ``pad`` letterboxes to a square with black bars (proportions and content kept; the
+    bars' size still tells the aspect ratio). Antialiased in every mode.
     """
     image = _read_grey(Path(path), data)
+    height, width = image.shape[-2:]
     if resize == "crop":
-        side = min(image.shape[-2:])
+        side = min(height, width)
         image = TF.center_crop(image, [side, side])
+    elif resize == "pad":
+        side = max(height, width)
+        left, top = (side - width) // 2, (side - height) // 2
+        image = TF.pad(image, [left, top, side - width - left, side - height - top], fill=0)
     return TF.resize(image, [image_size, image_size], antialias=True)
 
 
 class _DecodeDataset(Dataset):
-    """Decodes one file per item; reports failures instead of raising (to list them all)."""
+    """Decodes one file per item; reports failures instead of raising (to list them all).
+
+    A failure is reported as its reason alone (no path): the caller names the file.
+    """
 
     def __init__(self, files: Sequence[Path], image_size: int, resize: str) -> None:
         self.files, self.image_size, self.resize = list(files), image_size, resize
@@ -82,12 +147,14 @@ class _DecodeDataset(Dataset):
         try:
             data = path.read_bytes()
         except OSError as err:
-            return i, None, str(err), None
+            return i, None, err.strerror or str(err), None
         digest = hashlib.sha1(data).hexdigest()
         try:
             return i, decode(path, self.image_size, self.resize, data), None, digest
-        except (ImageDecodeError, OSError) as err:
-            return i, None, str(err), digest
+        except ImageDecodeError as err:
+            return i, None, err.reason, digest
+        except OSError as err:
+            return i, None, err.strerror or str(err), digest
 
 
 def _collate(items):
@@ -123,84 +190,6 @@ def decode_all(
             if out is not None:
                 out[i] = 0 if image is None else image.numpy()
     return bad, hashes
-
-
-def cache_key(files: Sequence[Path], image_size: int, resize: str) -> str:
-    h = hashlib.sha256(f"v{_CACHE_VERSION}|{image_size}|{resize}|1ch".encode())
-    for f in files:
-        st = os.stat(f)
-        h.update(f"{os.path.abspath(f)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:24]
-
-
-def _remove_stale_temps(cache_dir: Path, max_age_s: float = 6 * 3600) -> None:
-    """Temp files of killed builds: removed once their writer is surely gone."""
-    for tmp in cache_dir.glob(".*.tmp*"):
-        try:
-            pid = int(tmp.name.rsplit(".tmp", 1)[1])
-            os.kill(pid, 0)
-            alive = True
-        except (ValueError, ProcessLookupError):
-            alive = False
-        except PermissionError:
-            alive = True
-        if not alive or time.time() - tmp.stat().st_mtime > max_age_s:
-            tmp.unlink(missing_ok=True)
-
-
-def cached_images(
-    files: Sequence[Path],
-    image_size: int,
-    resize: str,
-    cache_dir: Path,
-    num_workers: int = 2,
-    prefix: str = "images",
-) -> tuple[np.ndarray, list[tuple[Path, str]], list[str | None]]:
-    """uint8 array (N, 1, S, S) of ``files``, memory-mapped from the cache (built if missing).
-
-    Returns the array, the files that could not be decoded (their rows are zero) and the
-    content hash of every file.
-    """
-    cache_dir = Path(cache_dir).expanduser()
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    key = cache_key(files, image_size, resize)
-    store, meta_path = cache_dir / f"{prefix}-{key}.npy", cache_dir / f"{prefix}-{key}.json"
-    if store.exists() and meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        array = np.load(store, mmap_mode="r")
-        if array.shape == (len(files), 1, image_size, image_size):
-            log.info("image cache hit: %s (%d images)", store, len(files))
-            return array, [(Path(p), e) for p, e in meta["bad"]], meta["hashes"]
-    _remove_stale_temps(cache_dir)
-    started = time.time()
-    log.info("decoding %d images once into the cache %s ...", len(files), store)
-    tmp_store = cache_dir / f".{store.name}.tmp{os.getpid()}"
-    try:
-        out = np.lib.format.open_memmap(
-            tmp_store, mode="w+", dtype=np.uint8, shape=(len(files), 1, image_size, image_size)
-        )
-        bad, hashes = decode_all(files, image_size, resize, num_workers, out)
-        out.flush()
-        del out
-        tmp_meta = cache_dir / f".{meta_path.name}.tmp{os.getpid()}"
-        tmp_meta.write_text(
-            json.dumps(
-                {
-                    "files": len(files),
-                    "image_size": image_size,
-                    "resize": resize,
-                    "bad": [[str(p), e] for p, e in bad],
-                    "hashes": hashes,
-                    "seconds": round(time.time() - started, 2),
-                }
-            )
-        )
-        os.replace(tmp_meta, meta_path)  # the meta first: a store never exists without it
-        os.replace(tmp_store, store)
-    finally:
-        tmp_store.unlink(missing_ok=True)
-    log.info("cache built in %.1f s", time.time() - started)
-    return np.load(store, mmap_mode="r"), bad, hashes
 
 
 class ArrayImages:

@@ -7,142 +7,33 @@ grouped by patient and stratified by class; ``test/`` is the official test split
 ``test_fraction`` carves one the same way. Exact duplicate files are kept on one side of every
 carved split, and a file of train/ whose contents equal a file of test/ (or of the official val/
 in use) is dropped. The split is written to ``split.csv`` in the run directory (with a note on
-every dropped file) so it can be audited.
+every dropped file) so it can be audited; names that are not valid UTF-8 are written with
+``\\xNN`` escapes (``display_path``), as they are in every message and in test_predictions.csv.
 """
 
 from __future__ import annotations
 
 import csv
 import logging
-import re
-from dataclasses import dataclass
+from collections import Counter
 from pathlib import Path
 
 import torch
 
 from xray_loss.data.base import DataError, Split, XrayDataModule
-from xray_loss.data.images import RESIZE_MODES, ArrayImages, FileImages, cached_images, decode_all
+from xray_loss.data.cache import cached_images
+from xray_loss.data.images import RESIZE_MODES, ArrayImages, FileImages, decode_all, display_path
+from xray_loss.data.kermany_layout import (
+    LAYOUT,
+    ImageFile,
+    check_classes,
+    cross_split_duplicates,
+    find_root,
+    scan,
+)
 from xray_loss.data.splits import connected_groups, grouped_folds, grouped_split
 
 log = logging.getLogger(__name__)
-
-CLASSES = {"normal": 0, "pneumonia": 1}
-EXTENSIONS = {".jpeg", ".jpg", ".png"}
-LAYOUT = """Expected layout (class folder names are case-insensitive):
-    ROOT/
-      train/NORMAL/*.jpeg     train/PNEUMONIA/*.jpeg
-      test/NORMAL/*.jpeg      test/PNEUMONIA/*.jpeg    (or carve one: data.test_fraction=0.15)
-      val/NORMAL/*.jpeg       val/PNEUMONIA/*.jpeg     (optional; used with data.val_source=folder)
-A nested download (ROOT/chest_xray/train/...) is found too."""
-
-_PATIENT_PATTERNS = [
-    (re.compile(r"^(person\d+)_(?:bacteria|virus)_\d+", re.I), "{0}"),
-    (re.compile(r"^NORMAL2-IM-(\d+)-\d+", re.I), "NORMAL2-IM-{0}"),
-    (re.compile(r"^IM-(\d+)-\d+", re.I), "IM-{0}"),
-    (re.compile(r"^(?:NORMAL|BACTERIA|VIRUS)-(\d+)-\d+", re.I), "v3-{0}"),  # Mendeley v3
-]
-
-
-def patient_id(filename: str) -> str | None:
-    """The patient a Kermany file name belongs to, or None if the name has no known pattern."""
-    stem = Path(filename).stem
-    for pattern, template in _PATIENT_PATTERNS:
-        match = pattern.match(stem)
-        if match:
-            return template.format(match.group(1))
-    return None
-
-
-@dataclass
-class ImageFile:
-    path: Path
-    label: int
-    folder: str  # train / val / test
-    patient: str
-
-
-def _child(parent: Path, name: str) -> Path | None:
-    """The sub-folder of ``parent`` called ``name``, ignoring case."""
-    for child in sorted(parent.iterdir()) if parent.is_dir() else []:
-        if child.is_dir() and child.name.lower() == name:
-            return child
-    return None
-
-
-def find_root(root: str | Path | None) -> Path:
-    """The folder holding ``train/`` (accepting the nested chest_xray/chest_xray download)."""
-    if root in (None, "", "???"):
-        raise DataError(f"data.root is not set: point it at the chest_xray folder.\n{LAYOUT}")
-    root = Path(root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data.root={root} does not exist or is not a folder.\n{LAYOUT}")
-    candidates = [root] + sorted(
-        p
-        for p in root.rglob("*")
-        if p.is_dir() and "__MACOSX" not in p.parts and len(p.relative_to(root).parts) <= 2
-    )
-    for candidate in candidates:
-        if _child(candidate, "train") is not None:
-            return candidate
-    raise DataError(f"data.root={root} has no train/ folder.\n{LAYOUT}")
-
-
-def scan(root: Path) -> list[ImageFile]:
-    """Every image under the split/class folders, in a stable order."""
-    files: list[ImageFile] = []
-    for folder in ("train", "val", "test"):
-        split_dir = _child(root, folder)
-        if split_dir is None:
-            continue
-        for class_name, label in CLASSES.items():
-            class_dir = _child(split_dir, class_name)
-            if class_dir is None:
-                continue
-            for path in sorted(class_dir.rglob("*")):
-                rel = path.relative_to(class_dir)
-                if (
-                    path.is_file()
-                    and path.suffix.lower() in EXTENSIONS
-                    and not any(part.startswith(".") or part == "__MACOSX" for part in rel.parts)
-                ):
-                    pid = patient_id(path.name) or f"file:{rel.with_suffix('')}"
-                    # ids are per split folder (the official test split is numbered on its own)
-                    files.append(ImageFile(path, label, folder, f"{folder}/{pid}"))
-    return files
-
-
-def _check_classes(files: list[ImageFile], folder: str, root: Path, required: bool) -> None:
-    labels = {f.label for f in files if f.folder == folder}
-    if not labels and not required:
-        return
-    if not labels:
-        raise DataError(f"{root}/{folder}/ is missing or holds no images.\n{LAYOUT}")
-    if len(labels) < 2:
-        have = [k for k, v in CLASSES.items() if v in labels]
-        missing = [k.upper() for k, v in CLASSES.items() if v not in labels]
-        raise DataError(
-            f"{root}/{folder}/ holds only {have[0].upper()} images: the class folder(s) "
-            f"{missing} are missing or empty, and a split needs both classes.\n{LAYOUT}"
-        )
-
-
-# a fixed split outranks the ones below it: a copy of a test image leaves val and train
-_PRECEDENCE = {"test": 0, "val": 1, "train": 2}
-
-
-def cross_split_duplicates(files: list[ImageFile], hashes: list[str | None]) -> dict[int, int]:
-    """{file index: index of the file it copies} for files whose exact contents also sit in a
-    higher split folder (test/ over val/ over train/): those copies are dropped, since Kermany's
-    folders hold exact duplicates across train and test."""
-    owner: dict[str, int] = {}
-    for i in sorted(range(len(files)), key=lambda i: _PRECEDENCE[files[i].folder]):
-        if hashes[i] is not None:
-            owner.setdefault(hashes[i], i)
-    return {
-        i: owner[h]
-        for i, h in enumerate(hashes)
-        if h is not None and files[owner[h]].folder != files[i].folder
-    }
 
 
 class KermanyDataModule(XrayDataModule):
@@ -151,7 +42,8 @@ class KermanyDataModule(XrayDataModule):
     Args:
         root: the chest_xray folder (or a folder above it).
         image_size: side of the square images fed to the model (every image is resized alike).
-        resize: ``squash`` (whole image to a square) or ``crop`` (central square first).
+        resize: ``squash`` (whole image to a square), ``crop`` (central square first) or
+            ``pad`` (letterbox to a square); see ``xray_loss.data.images.decode``.
         val_fraction: share of train/ carved out as validation (patients kept together).
         val_source: ``carve`` (default) or ``folder`` (the official val/).
         test_fraction: > 0 carves a test split out of train/ too (needed without test/).
@@ -164,6 +56,7 @@ class KermanyDataModule(XrayDataModule):
     """
 
     name = "kermany"
+    layout_hint = LAYOUT
 
     def __init__(
         self,
@@ -205,22 +98,42 @@ class KermanyDataModule(XrayDataModule):
         self.skip_bad_files = bool(skip_bad_files)
         self.split_csv = split_csv
         self.report: dict = {}
+        self._root: Path | None = None
+        self._skipped: dict[str, int] = {}  # unreadable files skipped, per split folder
+
+    def describe_split(self, name: str) -> str:
+        """Where split ``name`` came from: its folder, or the folder it was carved out of."""
+        root = self._root or self.root
+        folder = {
+            "train": "train",
+            "val": "val" if self.val_source == "folder" and self.folds is None else "train",
+            "test": "test" if self.test_fraction == 0 else "train",
+        }[name]
+        origin = f"{root}/{folder}/" if folder == name else f"carved out of {root}/{folder}/"
+        count = self._skipped.get(folder, 0)
+        skipped = (
+            f", after skipping {count} unreadable file(s) there with data.skip_bad_files=true: "
+            f"repairing them may restore the class"
+            if count
+            else ""
+        )
+        return f"The {name} split ({origin}{skipped})"
 
     def load_splits(self) -> dict[str, Split]:
-        root = find_root(self.root)
+        root = self._root = find_root(self.root)
         files = scan(root)
         if not files:
             raise DataError(f"data.root={root} holds no .jpeg/.jpg/.png images.\n{LAYOUT}")
-        _check_classes(files, "train", root, required=True)
+        check_classes(files, "train", root, required=True)
         if self.test_fraction == 0:
             if not any(f.folder == "test" for f in files):
                 raise DataError(
                     f"{root} has no test/ folder. Carve a test split out of train/ with "
                     f"data.test_fraction=0.15 (patient-grouped), or add test/.\n{LAYOUT}"
                 )
-            _check_classes(files, "test", root, required=True)
+            check_classes(files, "test", root, required=True)
         if self.val_source == "folder":
-            _check_classes(files, "val", root, required=True)
+            check_classes(files, "val", root, required=True)
         # only the folders this configuration uses
         used = {"train"} | ({"test"} if self.test_fraction == 0 else set())
         used |= {"val"} if self.val_source == "folder" else set()
@@ -230,7 +143,7 @@ class KermanyDataModule(XrayDataModule):
         dropped = cross_split_duplicates(files, hashes)
         assignment = self._assign(files, hashes, dropped)
         notes = {
-            i: f"dropped: same contents as {files[j].path.relative_to(root).as_posix()}"
+            i: f"dropped: same contents as {display_path(files[j].path.relative_to(root))}"
             for i, j in dropped.items()
         }
         self._write_split_csv(root, files, assignment, notes)
@@ -249,7 +162,7 @@ class KermanyDataModule(XrayDataModule):
             splits[name] = Split(
                 split_images,
                 labels,
-                files=[files[i].path.relative_to(root).as_posix() for i in positions],
+                files=[display_path(files[i].path.relative_to(root)) for i in positions],
                 patients=[files[i].patient for i in positions],
             )
         return splits
@@ -270,16 +183,17 @@ class KermanyDataModule(XrayDataModule):
             bad, hashes = decode_all(paths, self.image_size, self.resize, self.num_workers)
             array = None
         if bad:
-            listing = "\n".join(f"  {p}: {e}" for p, e in bad)
+            listing = "\n".join(f"  {display_path(p)}: {e}" for p, e in bad)
             if not self.skip_bad_files:
                 raise DataError(
                     f"{len(bad)} image file(s) could not be read:\n{listing}\n"
                     f"Fix or remove them, or set data.skip_bad_files=true to skip them."
                 )
             for p, e in bad:
-                log.warning("skipping unreadable image %s (%s)", p, e)
+                log.warning("skipping unreadable image %s (%s)", display_path(p), e)
         bad_paths = {Path(p) for p, _ in bad}
         keep = [i for i, f in enumerate(files) if f.path not in bad_paths]
+        self._skipped = dict(Counter(f.folder for f in files if f.path in bad_paths))
         kept_files = [files[i] for i in keep]
         kept_hashes = [hashes[i] for i in keep]
         if array is None:
@@ -355,13 +269,13 @@ class KermanyDataModule(XrayDataModule):
             return
         path = Path(self.split_csv)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as f:
+        with open(path, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
             writer.writerow(["file", "label", "patient", "split", "note"])
             for i, (image, split) in enumerate(zip(files, assignment, strict=True)):
                 writer.writerow(
                     [
-                        image.path.relative_to(root).as_posix(),
+                        display_path(image.path.relative_to(root)),
                         "PNEUMONIA" if image.label else "NORMAL",
                         image.patient,
                         split,

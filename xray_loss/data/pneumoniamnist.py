@@ -124,6 +124,10 @@ class PneumoniaMNISTDataModule(XrayDataModule):
     """
 
     name = "pneumoniamnist"
+    layout_hint = (
+        "Expected: MedMNIST v2's PneumoniaMNIST npz (Zenodo record 10519652), whose official "
+        "train, val and test splits each hold both labels (0 = normal, 1 = pneumonia)."
+    )
 
     def __init__(
         self,
@@ -142,6 +146,13 @@ class PneumoniaMNISTDataModule(XrayDataModule):
         self.image_size = int(image_size or size)
         self.download = bool(download)
         self.url = url
+        self._path: Path | None = None
+
+    def describe_split(self, name: str) -> str:
+        """The split with the npz file and keys it was read from."""
+        if self._path is None:
+            return super().describe_split(name)
+        return f"The {name} split of {self._path} ({name}_images/{name}_labels)"
 
     def load_splits(self) -> dict[str, Split]:
         if self.root in (None, ""):
@@ -154,6 +165,7 @@ class PneumoniaMNISTDataModule(XrayDataModule):
             if not self.download:
                 raise DataError(_missing_message(path, self.size, url))
             download(path, self.size, url)
+        self._path = path
         splits = read_npz(path, self.size)
         drop_cross_split_duplicates(splits)
         log.warning(

@@ -1,7 +1,7 @@
 """Runs as the report sees them: records, curves, predictions, and what makes two runs alike.
 
 Two runs belong to one *configuration* when every resolved setting that defines what they
-compute is equal (metrics.json ``configuration``, see ``xray_loss.config.run_configuration``),
+compute is equal (metrics.json ``configuration``, see ``xray_loss.record.run_configuration``),
 seeds and folds aside (``xray_loss.metrics.REPEATS``). The command that started a run
 (``resume``, ``name``, launcher knobs) plays no part. The sweep's aggregate table and the
 report group on this, so they agree with each other.
@@ -72,29 +72,24 @@ def identity(record: dict[str, Any]) -> tuple:
 def columns(records: list[dict[str, Any]]) -> list[str]:
     """The settings that tell these records' configurations apart, as a reader names them.
 
-    The named axes that vary (``loss``, ``lr``, ...) come first; a resolved setting that varies
-    too (``loss.label_smoothing``, ``data.split_seed``, ...) is added unless the named axes
-    already determine it (``loss._target_`` follows ``loss``). Seeds and folds are repeats.
+    Candidates are the named axes (``loss``, ``lr``, ...) first, then every resolved setting
+    (``loss.label_smoothing``, ``data.split_seed``, ...); one is kept when it varies and the
+    columns kept before it do not already determine it (``loss._target_`` follows ``loss``,
+    ``max_epochs`` follows ``epochs``). Seeds and folds are repeats, never columns.
     """
-    named = [
-        a
-        for a in AXES
-        if a not in ("seed",) and len({_hashable(r.get("config", {}).get(a)) for r in records}) > 1
-    ]
-    keys = sorted({k for r in records for k in settings(r)} - set(REPEATS))
-    extra = []
-    for key in keys:
-        values = {_hashable(settings(r).get(key)) for r in records}
-        if len(values) < 2 or key in named:
+    named = [a for a in AXES if a not in REPEATS]
+    keys = sorted({k for r in records for k in settings(r)} - set(REPEATS) - set(named))
+    kept: list[str] = []
+    for key in named + keys:
+        values = [_hashable(value(r, key)) for r in records]
+        if len(set(values)) < 2:
             continue
-        by_named: dict[tuple, set] = defaultdict(set)
-        for r in records:
-            by_named[tuple(_hashable(r.get("config", {}).get(a)) for a in named)].add(
-                _hashable(settings(r).get(key))
-            )
-        if any(len(v) > 1 for v in by_named.values()):
-            extra.append(key)
-    return named + extra
+        by_kept: dict[tuple, set] = defaultdict(set)
+        for r, v in zip(records, values, strict=True):
+            by_kept[tuple(_hashable(value(r, k)) for k in kept)].add(v)
+        if any(len(v) > 1 for v in by_kept.values()):
+            kept.append(key)
+    return kept
 
 
 def value(record: dict[str, Any], column: str) -> Any:

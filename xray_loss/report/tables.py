@@ -7,10 +7,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from xray_loss.metrics import METRICS
 from xray_loss.report.runs import format_value
 
-THRESHOLD_FREE = ("auroc",)
-TABLE_METRICS = ("acc", "auroc", "f1", "sensitivity", "specificity")
+TABLE = [m for m in METRICS if m != "loss"]
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -38,7 +38,7 @@ def write_summary(
     """Write summary.csv (all numbers) and summary.md (the readable table and tests)."""
     columns = (
         [*cols, "n"]
-        + [f"{m}_{s}" for m in TABLE_METRICS for s in ("mean", "std")]
+        + [f"{m}_{s}" for m in TABLE for s in ("mean", "std")]
         + ["auroc_ci_low", "auroc_ci_high", "auroc_ci_unit", "ece_mean", "val_auroc_mean", "best"]
     )
     with open(out / "summary.csv", "w", newline="") as f:
