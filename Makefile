@@ -7,7 +7,7 @@ PORT ?= 6006
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train test test-slurm lint format pre-commit tensorboard clean
+.PHONY: install train test test-slurm test-browser lint format pre-commit notebook tensorboard clean
 
 install: $(STAMP)
 
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev]"
 	@if git rev-parse --is-inside-work-tree >/dev/null 2>&1 && test -x $(VENV)/bin/pre-commit; then \
-	    $(VENV)/bin/pre-commit install -q || echo "make install: 'pre-commit install' failed; git hooks not installed" >&2; \
+	    $(VENV)/bin/pre-commit install || echo "make install: 'pre-commit install' failed; git hooks not installed" >&2; \
 	fi
 	touch $(STAMP)
 
@@ -54,9 +54,16 @@ format: install
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-tensorboard: install  ## serve logs/ on http://127.0.0.1:$(PORT)/
-	@echo "TensorBoard on http://127.0.0.1:$(PORT)/ (Ctrl-C to stop)"
-	$(VENV)/bin/tensorboard --logdir logs --host 127.0.0.1 --port $(PORT)
+notebook: install  ## execute notebooks/study.ipynb in place (outputs committed) and stamp its cells
+	$(PY) notebooks/execute.py
+
+# SWEEP=<multirun dir> serves one sweep: its runs are named by their swept values alone, and
+# its HParams experiment is the only one. The URL pins the validation curves on top.
+SWEEP ?= logs
+PINNED := %5B%7B%22plugin%22%3A%22scalars%22%2C%22tag%22%3A%22val%2Fauroc%22%7D%2C%7B%22plugin%22%3A%22scalars%22%2C%22tag%22%3A%22val%2Facc%22%7D%2C%7B%22plugin%22%3A%22scalars%22%2C%22tag%22%3A%22train%2Floss%22%7D%5D
+tensorboard: install  ## serve logs/ (or SWEEP=<dir>) on http://127.0.0.1:$(PORT)/
+	@echo "TensorBoard on http://127.0.0.1:$(PORT)/?pinnedCards=$(PINNED)#timeseries (Ctrl-C to stop)"
+	$(VENV)/bin/tensorboard --logdir "$(SWEEP)" --host 127.0.0.1 --port $(PORT) --samples_per_plugin images=20
 
 clean:  ## remove logs, caches and build debris (keeps .venv)
 	rm -rf logs outputs multirun lightning_logs .pytest_cache .ruff_cache build *.egg-info

@@ -54,6 +54,19 @@ def metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
+@pytest.fixture(scope="session")
+def study_sweep(tmp_path_factory) -> Path:
+    """A debug-size full grid with 2 seeds (36 tiny jobs) plus one unfinished run: shared by
+    the report, eval and predict tests."""
+    work = tmp_path_factory.mktemp("sweep")
+    assert_ok(run_cli("-m", "experiment=full_grid", "debug=sweep", "seeds=2", cwd=work))
+    (sweep_dir,) = [p for p in (work / "logs" / "full_grid" / "multirun").iterdir() if p.is_dir()]
+    unfinished = sweep_dir / "epochs=10,loss=ce,lr=0.1,seed=0"
+    unfinished.mkdir()
+    (unfinished / "metrics.json").write_text(json.dumps({"status": "running"}))
+    return sweep_dir
+
+
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
     """A scratch directory to run commands in (logs/ and the cache go there)."""

@@ -101,3 +101,21 @@ def png_header_only(path: Path, width: int, height: int) -> Path:
         b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
     )
     return path
+
+
+def make_labeled_folder(
+    folder: Path, n_normal: int = 8, n_pneumonia: int = 8, seed: int = 5, size=(300, 240)
+) -> Path:
+    """FOLDER/{NORMAL,PNEUMONIA}/*.jpeg of phantoms whose pictures match their labels (a site's
+    small labeled sample; like Kermany's official val/, larger originals than train/)."""
+    images, labels = generate_phantoms(4 * (n_normal + n_pneumonia), 96, seed=seed)
+    for label, name, count in ((0, "NORMAL", n_normal), (1, "PNEUMONIA", n_pneumonia)):
+        chosen = images[labels == label][:count, 0].numpy()
+        for i, image in enumerate(chosen):
+            stem = (
+                f"NORMAL2-IM-{1400 + i:04d}-0001"
+                if label == 0
+                else f"person{1900 + i}_bacteria_{i}"
+            )
+            _save(image, folder / name / f"{stem}.jpeg", size, rgb=False)
+    return folder

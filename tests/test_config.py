@@ -30,7 +30,9 @@ def _compose(*overrides: str):
         ("data.n_train=-5", "data.n_train", ">= 2"),
         ("data.n_test=-1", "data.n_test", ">= 2"),
         ("seed=-3", "seed", ">= 0"),
-        ("threshold=1.5", "threshold", "[0, 1]"),
+        ("threshold.rule=1.5", "threshold.rule", "[0, 1]"),
+        ("threshold.rule=sens@1.5", "sens@0.95", "[0, 1]"),
+        ("threshold.source=/no/such/folder", "threshold.source", "labeled"),
     ],
 )
 def test_invalid_values_name_the_key_and_the_range(override, key, allowed):
@@ -45,6 +47,7 @@ def test_invalid_values_name_the_key_and_the_range(override, key, allowed):
 def test_defaults_pass_the_checks():
     check_config(_compose())
     check_config(_compose("threshold=youden", "loss=ce", "seed=0"))
+    check_config(_compose("threshold.rule=sens@0.95", "threshold.source=auto"))
 
 
 @pytest.mark.parametrize(

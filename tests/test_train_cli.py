@@ -47,7 +47,9 @@ def test_a_run_leaves_metrics_checkpoints_and_tensorboard_logs(workdir):
     (run,) = run_dirs(workdir / "logs")
     record = metrics(run)
     assert record["status"] == "completed"
-    assert set(record["test"]) == {f"test/{m}" for m in NAMES}
+    # every metric at the run's threshold, and the threshold-dependent ones at 0.5 too
+    at_half = {f"test/{m}@0.5" for m in NAMES if m not in ("loss", "auroc")}
+    assert set(record["test"]) == {f"test/{m}" for m in NAMES} | at_half
     assert {"val/auroc", "val/acc"} <= set(record["val"])
     assert 1 <= record["best_epoch"] <= 2 and record["wall_time_s"] > 0
     assert record["config"]["loss"] == "bce" and record["config"]["lr"] == 0.001
@@ -62,7 +64,9 @@ def test_a_run_leaves_metrics_checkpoints_and_tensorboard_logs(workdir):
         ea.Tags()["images"]
     )
     hp = hparams_of(ea)
-    assert set(hp) >= HPARAMS and hp["loss"] == "bce" and hp["lr"] == pytest.approx(1e-3)
+    # values as a reader types them: 0.001, 64 (not 64.000), and the run's status
+    assert set(hp) >= HPARAMS and hp["loss"] == "bce" and hp["lr"] == "0.001"
+    assert hp["batch_size"] == "64" and hp["status"] == "completed"
     assert not any("${" in str(v) for v in hp.values())
     assert {"val/auroc_best", "test/acc", "test/auroc"} <= metric_names_of(ea)
     assert "${" not in (run / "hparams.yaml").read_text()
@@ -86,7 +90,7 @@ def test_multirun_grid_gives_one_run_per_job_with_heads_of_the_right_size(workdi
         assert f"loss={loss}" in run.name and "lr=" in run.name
         seen.add((loss, lr))
         hp = hparams_of(events(run))
-        assert hp["loss"] == loss and hp["lr"] == pytest.approx(lr)
+        assert hp["loss"] == loss and float(hp["lr"]) == pytest.approx(lr)
         (best,) = (run / "checkpoints").glob("best-*.ckpt")
         model = XrayClassifier.load_from_checkpoint(best, weights_only=True, map_location="cpu")
         assert model.head.linear.out_features == (2 if loss == "ce" else 1)
@@ -151,7 +155,9 @@ def test_val_metrics_use_the_threshold_the_test_metrics_use(workdir):
     assert_ok(run_cli(*TINY, "epochs=3", "lr=3e-3", "threshold=youden", cwd=workdir))
     (run,) = run_dirs(workdir / "logs")
     record = metrics(run)
-    assert record["threshold_rule"] == "youden on val" and record["threshold"] != 0.5
+    point = record["operating_point"]
+    assert (point["rule"], point["source"], point["n"]) == ("youden", "carveout", 96)
+    assert record["threshold"] == point["value"] != 0.5
     best = next((run / "checkpoints").glob("best-*.ckpt"))
     assert_ok(run_cli(f"ckpt_path={best}", "split=val", module="xray_loss.eval", cwd=workdir))
     (evaluated,) = [r for r in run_dirs(workdir / "logs") if r != run]

@@ -241,7 +241,8 @@ class EpochBudgets(L.Callback):
                 enable_model_summary=False,
             )
             for nominal, info in sorted(self.saved.items()):
-                test = tester.test(module, datamodule=datamodule, ckpt_path=info["checkpoint"])[0]
+                found = tester.test(module, datamodule=datamodule, ckpt_path=info["checkpoint"])
+                test = {k: v for k, v in found[0].items() if k.startswith("test/")}
                 name = f"test_predictions_epoch{nominal:03d}.csv"
                 write_predictions(self.output_dir / name, module.evaluated["test"], datamodule)
                 best_epoch = module.loaded_epoch + 1

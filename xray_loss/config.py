@@ -12,6 +12,7 @@ import logging
 import math
 import warnings
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from hydra.errors import CompactHydraException
@@ -105,11 +106,14 @@ def setup_process() -> None:
 
 def register_resolvers() -> None:
     """Register the ``xray_loss.*`` resolvers (idempotent)."""
+    from xray_loss.slurm import slurm_gpus
+
     resolvers: dict[str, Callable[..., Any]] = {
         "xray_loss.dirname": lambda overrides, prefix="", fallback="": run_dirname(
             list(overrides), prefix, fallback
         ),
         "xray_loss.scale_epochs": scale_epochs,
+        "xray_loss.slurm_gpus": slurm_gpus,
     }
     for name, fn in resolvers.items():
         if not OmegaConf.has_resolver(name):
@@ -202,17 +206,27 @@ def check_config(cfg: DictConfig) -> None:
         )
 
 
-def check_threshold(value: Any, key: str = "threshold") -> float | str:
-    """A decision threshold: a probability in [0, 1], or ``youden``; else one clear error."""
-    if value == "youden":
-        return "youden"
-    number = _number(value)
-    if number is None or not 0 <= number <= 1:
+def check_threshold(value: Any, key: str = "threshold") -> dict[str, Any]:
+    """A decision threshold ``{rule, source}`` (or a bare rule, source ``carveout``), checked:
+    see xray_loss.threshold for the rules and sources; anything else is one clear error."""
+    from xray_loss.threshold import SOURCES, RuleError, parse_rule
+
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    spec = dict(value) if isinstance(value, dict) else {"rule": value}
+    spec.setdefault("source", "carveout")
+    try:
+        parse_rule(spec.get("rule"))
+    except RuleError as err:
+        raise ConfigError(f"Invalid value {key}.rule={spec.get('rule')!r}: {err}") from None
+    source = str(spec["source"])
+    if source not in SOURCES and not Path(source).expanduser().is_dir():
         raise ConfigError(
-            f"Invalid value {key}={value!r}: {key} must be a probability in [0, 1] or 'youden' "
-            f"(chosen on the validation split)."
+            f"Invalid value {key}.source={source!r}: use carveout (the validation carve-out), "
+            f"folder (the layout's val/), auto (folder when present) or the path of a labeled "
+            f"folder holding NORMAL/ and PNEUMONIA/; {source} is not a folder."
         )
-    return number
+    return spec
 
 
 # the optimizers and schedulers under which the matched heads are tested to be exact

@@ -1,12 +1,20 @@
-"""Test a trained checkpoint on any configured data source.
+"""Test a trained checkpoint on any configured data source, or re-choose its operating point.
 
     python -m xray_loss.eval ckpt_path=logs/train/runs/<run>/checkpoints/best-epoch011.ckpt
     python -m xray_loss.eval ckpt_path=... data=kermany data.root=/data/chest_xray
+    python -m xray_loss.eval ckpt_path=... recalibrate=/site/labeled [threshold=sens@0.95]
 
 The model and, unless overridden, the data config come from the checkpoint. The decision
-threshold is the one stored with it (0.5, or the validation-chosen Youden threshold), so the
-test metrics reproduce those of the training run's metrics.json. Writes metrics.json,
-confusion_matrix.png, roc.png and test_predictions.csv into logs/eval/runs/<time>_<overrides>.
+threshold is the one stored with it, so the test metrics reproduce those of the training run's
+metrics.json, unless a recalibrated operating point lies beside the checkpoint
+(``<ckpt>.operating_point.json``, written by ``recalibrate=``), which then applies. Writes
+metrics.json, confusion_matrix.png, roc.png and test_predictions.csv into
+logs/eval/runs/<time>_<overrides>.
+
+``recalibrate=FOLDER`` (a labeled sample of the site where the model will be used:
+``FOLDER/NORMAL``, ``FOLDER/PNEUMONIA``) changes the threshold only, not the model: it chooses
+it there by the rule (``threshold=``, default the checkpoint's data-driven rule or youden),
+with bootstrap intervals, writes the sidecar and prints the sample's metrics before and after.
 """
 
 from __future__ import annotations
@@ -25,8 +33,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from xray_loss.callbacks import TestReport
 from xray_loss.config import ConfigError, quote_path_overrides, setup_process
-from xray_loss.module import load_classifier, run_config
-from xray_loss.record import RunRecord
+from xray_loss.data.kermany_layout import read_labeled_folder
+from xray_loss.inference import load_classifier, run_config
+from xray_loss.inference import operating_point as applied_operating_point
+from xray_loss.metrics import binary_metrics
+from xray_loss.record import RunRecord, write_json_atomic
+from xray_loss.threshold import describe, operating_point, parse_rule, sidecar_path
 
 log = logging.getLogger("xray_loss.eval")
 EXAMPLE = "python -m xray_loss.eval ckpt_path=logs/train/runs/<run>/checkpoints/best-epoch011.ckpt"
@@ -49,6 +61,7 @@ def data_config(cfg: DictConfig, trained: dict[str, Any], out: Path) -> dict[str
     if "split_csv" in data:
         data["split_csv"] = str(out / "split.csv")  # never overwrite the training run's split
     data["augment"] = {**data.get("augment", {}), "enabled": False}
+    data["calibration"] = "carveout"  # the threshold is the checkpoint's: nothing to choose
     return data
 
 
@@ -62,6 +75,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"Invalid value split={cfg.split!r}: split must be test or val.")
     model = load_classifier(cfg.ckpt_path)
+    point, _ = applied_operating_point(model, cfg.ckpt_path)  # a recalibrated one applies
+    if cfg.recalibrate:
+        return recalibrate(cfg, model, out)
     trained = run_config(model)
     datamodule = instantiate(data_config(cfg, trained, out))
     # the training run's precision on a GPU (bf16-mixed there), so its metrics reproduce
@@ -78,13 +94,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     )
     if cfg.split == "val":
         datamodule.test_dataloader = datamodule.val_dataloader
-    metrics = trainer.test(model, datamodule=datamodule)[0]
+    metrics = {k: v for k, v in trainer.test(model, datamodule=datamodule)[0].items() if "/" in k}
     record = RunRecord(out)
     record.start(
         ckpt_path=str(Path(cfg.ckpt_path).resolve()),
         split=cfg.split,
         data=datamodule.__class__.__name__,
         threshold=float(model.threshold),
+        operating_point=point,
     )
     record.finish("completed", test={k: float(v) for k, v in metrics.items()})
     print(
@@ -93,6 +110,60 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         flush=True,
     )
     return record.data
+
+
+def recalibrate(cfg: DictConfig, model, out: Path) -> dict[str, Any]:
+    """Choose the checkpoint's threshold on a labeled sample: sidecar, metrics before/after."""
+    data = run_config(model).get("data", {})
+    folder = Path(cfg.recalibrate).expanduser()
+    sample = read_labeled_folder(
+        folder, int(data.get("image_size", 224)), data.get("resize", "squash")
+    )
+    with torch.no_grad():
+        probs = torch.cat(
+            [
+                model.predict_proba(sample.images[i : i + cfg.batch_size])
+                for i in range(0, len(sample), cfg.batch_size)
+            ]
+        )
+    rule = cfg.threshold
+    if rule is None:
+        stored = model.operating_point.get("rule", "youden")
+        rule = stored if parse_rule(stored)[0] != "fixed" else "youden"
+    before = float(model.threshold)
+    point = operating_point(probs, sample.labels, rule, str(folder))
+    if point.get("warning"):
+        log.warning("%s", point["warning"])
+    sidecar = sidecar_path(cfg.ckpt_path)
+    write_json_atomic(sidecar, {**point, "checkpoint": str(Path(cfg.ckpt_path).resolve())})
+    metrics = {
+        "before": {"threshold": before, **_floats(binary_metrics(probs, sample.labels, before))},
+        "after": {
+            "threshold": point["value"],
+            **_floats(binary_metrics(probs, sample.labels, point["value"])),
+        },
+    }
+    record = RunRecord(out)
+    record.start(ckpt_path=str(Path(cfg.ckpt_path).resolve()), recalibrate=str(folder))
+    record.finish("completed", operating_point=point, sidecar=str(sidecar), sample=metrics)
+    lines = [f"\nOperating point on {folder}: {describe(point)}"]
+    for name in ("sensitivity", "specificity"):
+        if name in point:
+            est, low, high = point[name]
+            lines.append(f"  {name} at it: {est:.3f} (95% CI {low:.3f}-{high:.3f})")
+    lines.append(f"  {'':12s}{'threshold':>10s}{'acc':>8s}{'sens':>8s}{'spec':>8s}{'AUROC':>8s}")
+    for when, m in metrics.items():
+        lines.append(
+            f"  {when:12s}{m['threshold']:10.3f}{m['acc']:8.3f}{m['sensitivity']:8.3f}"
+            f"{m['specificity']:8.3f}{m['auroc']:8.3f}"
+        )
+    lines.append(f"Written beside the checkpoint: {sidecar} (eval and predict use it)")
+    print("\n".join(lines), flush=True)
+    return record.data
+
+
+def _floats(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items()}
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")

@@ -46,6 +46,15 @@ AXES = (
     "threshold",
     "seed",
 )
+# the HParams table's metric columns: what a run is judged by
+HPARAM_METRICS = (
+    "val/auroc_best",
+    "test/auroc",
+    "test/acc",
+    "test/sensitivity",
+    "test/specificity",
+    "test/f1",
+)
 # what repeats one configuration: pooled as repetitions, never as different settings
 REPEATS = ("seed", "data.fold")
 

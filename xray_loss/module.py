@@ -8,7 +8,6 @@ model with no Hydra and no pickled objects.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -17,8 +16,8 @@ from hydra.utils import instantiate
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy
 
-from xray_loss.config import ConfigError, check_threshold
 from xray_loss.metrics import binary_metrics, decide, youden_threshold
+from xray_loss.threshold import choose, operating_point, parse_rule
 
 
 @dataclass
@@ -47,9 +46,11 @@ class XrayClassifier(L.LightningModule):
         scheduler: config of a partial lr scheduler (stepped per epoch), or empty.
         class_counts: [n_normal, n_pneumonia] of the training split, for ``auto`` weights.
         mean, std: input normalisation after scaling to [0, 1].
-        threshold: decision threshold (``P >= threshold`` is pneumonia) of the val and test
-            metrics: a number, or ``youden`` (chosen on the validation split at every
-            validation, stored with each checkpoint).
+        threshold: the decision threshold (``P >= threshold`` is pneumonia) of the val and test
+            metrics: ``{"rule": ..., "source": ...}`` (see xray_loss.threshold), or a rule
+            alone (a number, ``youden``, ``sens@0.95``, ``spec@0.90``; source carveout). A
+            data-driven rule is re-chosen at every validation on the source's sample (the
+            second val dataloader, or the carve-out itself) and stored with each checkpoint.
         channels_last: "auto" (on CUDA only), true or false.
         compile: ``torch.compile`` the forward pass (weights and checkpoints are unchanged).
         run_config: the resolved run config, stored for ``eval``/``predict``.
@@ -64,14 +65,16 @@ class XrayClassifier(L.LightningModule):
         class_counts: list[int] | None = None,
         mean: float = 0.5,
         std: float = 0.5,
-        threshold: float | str = 0.5,
+        threshold: dict | float | str = 0.5,
         channels_last: bool | str = "auto",
         compile: bool = False,
         run_config: dict | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        rule = check_threshold(threshold)
+        spec = threshold if isinstance(threshold, dict) else {"rule": threshold}
+        self.rule, self.source = spec["rule"], spec.get("source", "carveout")
+        kind, value = parse_rule(self.rule)
         self.backbone = instantiate(backbone)
         # one draw of the global RNG whatever the head, so runs differing only in the head
         # share everything downstream (see xray_loss.heads)
@@ -86,16 +89,22 @@ class XrayClassifier(L.LightningModule):
         self.register_buffer("mean", torch.tensor(float(mean)))
         self.register_buffer("std", torch.tensor(float(std)))
         # the decision threshold of the val/test metrics, and Youden's threshold on the
-        # validation split of the checkpoint's epoch (kept either way, for predict)
-        self.register_buffer("threshold", torch.tensor(0.5 if rule == "youden" else rule))
+        # validation carve-out of the checkpoint's epoch (kept either way, for predict)
+        self.register_buffer("threshold", torch.tensor(value if kind == "fixed" else 0.5))
         self.register_buffer("youden_threshold", torch.tensor(0.5))
+        # what the threshold was chosen on (stored in checkpoints, see on_save_checkpoint)
+        self.operating_point: dict[str, Any] = {"rule": str(self.rule), "source": self.source}
         self.use_channels_last = channels_last is True
         self._logits = self._logits_eager
         # training statistics accumulate on the device and are logged once per epoch: no
         # input validation, NaN checks (host syncs) or logging machinery on the hot path
         self.train_acc = BinaryAccuracy(validate_args=False)
         self.train_loss = MeanMetric(nan_strategy="disable")
-        self._outputs: dict[str, list[tuple[torch.Tensor, ...]]] = {"val": [], "test": []}
+        self._outputs: dict[str, list[tuple[torch.Tensor, ...]]] = {
+            "val": [],
+            "calibration": [],
+            "test": [],
+        }
         self.evaluated: dict[str, Evaluated] = {}
         self.loaded_epoch: int | None = None  # epoch of the checkpoint last loaded (0-based)
 
@@ -149,7 +158,16 @@ class XrayClassifier(L.LightningModule):
         self.train_loss.update(loss.detach().expand(y.shape[0]))  # weighted by batch
         return loss
 
+    def _log_epoch_as_step(self) -> None:
+        """Values go to the loggers at step = epochs completed (Lightning takes a logged
+        ``step`` as the x value, and then adds no ``epoch`` counter): curves of runs with other
+        batch sizes or lengths line up on the epoch axis in TensorBoard; test values sit at the
+        end of training."""
+        done = self.current_epoch + (0 if self.trainer.state.fn == "test" else 1)
+        self.log("step", float(done), logger=True)
+
     def on_train_epoch_end(self) -> None:
+        self._log_epoch_as_step()
         self.log("train/loss", self.train_loss.compute(), prog_bar=True)
         self.log("train/acc", self.train_acc.compute(), prog_bar=True)
         self.train_loss.reset()
@@ -159,19 +177,30 @@ class XrayClassifier(L.LightningModule):
         x, y, index = batch
         self._outputs[stage].append((index, self(x).detach(), y))
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        # a second val dataloader is the threshold's calibration sample (threshold.source)
+        self._eval_step(batch, "calibration" if dataloader_idx == 1 else "val")
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
     def on_validation_epoch_end(self) -> None:
         result = self._evaluate("val")
+        calibration = result
+        if len(self.trainer.num_val_batches) > 1:  # a calibration dataloader is there
+            calibration = self._evaluate("calibration")
         fitting = not self.trainer.sanity_checking and self.trainer.state.fn == "fit"
         if fitting and len(result.labels):
             self.youden_threshold.fill_(youden_threshold(result.probs, result.labels))
-            if self.hparams.threshold == "youden":
-                self.threshold.fill_(self.youden_threshold)
+            if parse_rule(self.rule)[0] != "fixed":
+                value = choose(calibration.probs, calibration.labels, self.rule)
+                self.threshold.fill_(value)
+            positives = int(calibration.labels.sum())
+            self.operating_point.update(
+                n=len(calibration.labels),
+                n_pneumonia=positives,
+                n_normal=len(calibration.labels) - positives,
+            )
         self._log_metrics("val", result)
         to_loggers = self.trainer.state.fn != "validate"
         self.log("val/threshold", self.threshold.float(), sync_dist=True, logger=to_loggers)
@@ -183,15 +212,31 @@ class XrayClassifier(L.LightningModule):
     def _log_metrics(self, stage: str, result: Evaluated) -> None:
         values = binary_metrics(result.probs, result.labels, float(self.threshold))
         values = {"loss": result.loss, **values}
+        if stage == "test":  # and at 0.5, to show what the chosen operating point changes
+            at_half = binary_metrics(result.probs, result.labels, 0.5)
+            values.update({f"{k}@0.5": v for k, v in at_half.items() if k != "auroc"})
         logged = {f"{stage}/{k}": v.to(self.device) for k, v in values.items()}
+        self._log_epoch_as_step()
         # every rank holds the whole set, so the values agree; sync_dist only keeps Lightning
         # from warning about epoch-level values under DDP. A re-validation after fit (the best
         # checkpoint's val metrics for metrics.json) stays out of the per-epoch curves.
         to_loggers = self.trainer.state.fn != "validate"
         self.log_dict(logged, sync_dist=True, logger=to_loggers)
 
+    def operating_point_report(self, n_boot: int = 1000) -> dict[str, Any]:
+        """The threshold of the checkpoint last evaluated, with its rule, source, sample size
+        and bootstrap intervals over the sample it was chosen on (xray_loss.threshold)."""
+        chosen_on = self.evaluated.get("calibration") or self.evaluated["val"]
+        source = self.source if "calibration" in self.evaluated else "carveout"
+        point = operating_point(chosen_on.probs, chosen_on.labels, self.rule, source, n_boot)
+        return {**point, "value": float(self.threshold)}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["operating_point"] = {**self.operating_point, "value": float(self.threshold)}
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.loaded_epoch = int(checkpoint.get("epoch", 0))
+        self.operating_point = dict(checkpoint.get("operating_point") or self.operating_point)
 
     def _evaluate(self, stage: str) -> Evaluated:
         """The stage's outputs gathered from every rank, each image once, in dataset order."""
@@ -243,35 +288,3 @@ class XrayClassifier(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
         }
-
-
-class CheckpointError(ConfigError):
-    """A checkpoint that cannot be loaded as an xray_loss model; the message says why."""
-
-
-def load_classifier(path: str | Path, map_location: str = "cpu") -> XrayClassifier:
-    """Rebuild a trained model from its checkpoint alone (``weights_only``: no pickled code)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(
-            f"ckpt_path={path} does not exist. Give a checkpoint written by "
-            f"`python -m xray_loss.train`: <run dir>/checkpoints/best-epochNNN.ckpt or last.ckpt."
-        )
-    try:
-        model = XrayClassifier.load_from_checkpoint(
-            path, map_location=map_location, weights_only=True
-        )
-    except Exception as err:  # corrupt file, foreign checkpoint, other architecture
-        reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
-        raise CheckpointError(
-            f"Could not load {path} as an xray_loss checkpoint ({type(err).__name__}: {reason}). "
-            f"Expected an intact checkpoint written by `python -m xray_loss.train` (best-*.ckpt "
-            f"or last.ckpt of a run); a truncated copy or another project's file cannot be used."
-        ) from None
-    model.eval()
-    return model
-
-
-def run_config(model: XrayClassifier) -> dict[str, Any]:
-    """The resolved config of the run that trained ``model`` (empty if unknown)."""
-    return dict(model.hparams.get("run_config") or {})

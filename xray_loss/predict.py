@@ -34,8 +34,9 @@ from xray_loss.config import (
 )
 from xray_loss.data.images import ImageDecodeError, decode, display_path
 from xray_loss.gradcam import grad_cam
+from xray_loss.inference import load_classifier, operating_point, run_config
 from xray_loss.metrics import decide
-from xray_loss.module import load_classifier, run_config
+from xray_loss.threshold import parse_rule
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -78,10 +79,25 @@ def list_inputs(inputs: str) -> list[Path]:
     raise ConfigError(f"inputs={path} does not exist: give an image file or a folder of images.")
 
 
-def choose_threshold(option: Any, model) -> float:
-    """``youden``: the threshold chosen on validation and stored with the checkpoint."""
-    rule = check_threshold(option)
-    return float(model.youden_threshold) if rule == "youden" else float(rule)
+def choose_threshold(option: Any, model, ckpt_path: str) -> tuple[float, str]:
+    """The threshold to call pneumonia at, and where it came from.
+
+    ``stored`` (default): the checkpoint's operating point, or the one ``xray_loss.eval
+    recalibrate=...`` wrote beside it; ``youden``: Youden's threshold on the validation
+    carve-out, stored with the checkpoint; a number: that threshold.
+    """
+    if option == "stored":
+        point, origin = operating_point(model, ckpt_path)
+        return float(point["value"]), origin
+    if option == "youden":
+        return float(model.youden_threshold), "youden on the validation carve-out"
+    kind, value = parse_rule(check_threshold(option)["rule"])
+    if kind != "fixed":
+        raise ConfigError(
+            f"Invalid value threshold={option!r}: predict takes stored, youden or a probability; "
+            f"a rule that needs labels is chosen by python -m xray_loss.eval recalibrate=FOLDER."
+        )
+    return float(value), "given"
 
 
 def save_cam(image: torch.Tensor, cam: torch.Tensor, prob: float, path: Path) -> None:
@@ -132,7 +148,8 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     require(cfg, ("ckpt_path", "inputs"), EXAMPLE)
     out = Path(cfg.paths.output_dir)
     model = load_classifier(cfg.ckpt_path)
-    threshold = choose_threshold(cfg.threshold, model)
+    threshold, origin = choose_threshold(cfg.threshold, model, cfg.ckpt_path)
+    log.info("threshold %.4f: %s", threshold, origin)
     data = run_config(model).get("data", {})
     size, resize = int(data.get("image_size", 224)), data.get("resize", "squash")
     use_gpu = cfg.accelerator in ("auto", "gpu") and torch.cuda.is_available()
@@ -172,7 +189,8 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         raise ConfigError(no_image_message(cfg.inputs, skipped, csv_path))
     classified = [row for row in rows.values() if row["status"] == "ok"]
     print(
-        f"\n{len(classified)} image(s) classified (threshold {threshold:.3f}), {len(skipped)} "
+        f"\n{len(classified)} image(s) classified at threshold {threshold:.3f} ({origin}), "
+        f"{len(skipped)} "
         f"skipped. Predictions: {csv_path}" + (f"; Grad-CAM: {out / 'cam'}" if cfg.cam else ""),
         flush=True,
     )

@@ -10,6 +10,7 @@ finishes the record, whatever happened.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -23,6 +24,8 @@ from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
 from xray_loss.metrics import AXES
+from xray_loss.resume import Preempted, drop_lost_checkpoints, resume_checkpoint
+from xray_loss.slurm import slurm_restarts
 
 STATUSES = ("running", "completed", "diverged", "failed", "pruned")
 
@@ -139,7 +142,10 @@ def recorded_run(run_dir: Path, resume: bool, rank: int = 0, **start_fields: Any
     """Start the run's record, yield it, and map how the block ended to the record's status.
 
     ``resume=true``: a run already ``completed`` is skipped (``run.skip``), a ``running`` one
-    with a ``last.ckpt`` continues from it (``run.resume_from``). How a run ends:
+    (interrupted, killed) continues from its newest intact checkpoint (``run.resume_from``:
+    ``last.ckpt``, the mid-epoch ``resume.ckpt`` or an ``hpc_ckpt_N.ckpt``). A job that SLURM
+    requeued (``SLURM_RESTART_COUNT`` > 0) does the same without ``resume=true`` unless it
+    completed: the requeued job re-runs the job it was. How a run ends:
 
     - the block returns: the caller finished it (``run.finish``);
     - ``TrainingDiverged`` / ``RunStopped``: status ``diverged`` / ``failed``, then one line on
@@ -147,33 +153,84 @@ def recorded_run(run_dir: Path, resume: bool, rank: int = 0, **start_fields: Any
     - an explained error (bad config or data: ``ValueError``, ``FileNotFoundError``,
       ``CompactHydraException``): ``failed``, one line;
     - an Optuna prune: ``pruned``, and the block's end is not an error;
+    - an interruption (``Preempted``, SIGTERM, Ctrl-C: ``SystemExit``, ``KeyboardInterrupt``):
+      the status stays ``running`` (resumable) with an ``interrupted`` note;
     - anything else: ``failed`` with the exception's type and message, and its traceback.
     """
     record = RunRecord(run_dir, write=rank == 0)
-    if resume and record.status == "completed":
+    requeued = slurm_restarts() > 0
+    if (resume or requeued) and record.status == "completed":
         yield Run(record, skip=True, resume_from=None)
         return
-    last = Path(run_dir) / "checkpoints" / "last.ckpt"
-    resume_from = str(last) if resume and record.status == "running" and last.exists() else None
-    record.start(run_dir=str(run_dir), resumed_from=resume_from, **start_fields)
+    previous = record.data
+    resume_from = None
+    if (resume and record.status == "running") or (requeued and record.status is not None):
+        found = resume_checkpoint(Path(run_dir))
+        resume_from = str(found) if found else None
+    resumes = list(previous.get("resumes", [])) if resume_from else []
+    if resume_from:
+        if rank == 0:
+            drop_lost_checkpoints(Path(resume_from))
+        resumes.append(
+            {
+                "checkpoint": resume_from,
+                "at": now_iso(),
+                "interrupted": previous.get("interrupted"),
+                **({"slurm_restart_count": slurm_restarts()} if requeued else {}),
+            }
+        )
+    record.start(
+        run_dir=str(run_dir),
+        resumed_from=resume_from,
+        **({"resumes": resumes} if resumes else {}),
+        **start_fields,
+    )
     run = Run(record, skip=False, resume_from=resume_from)
     try:
         yield run
     except (RunStopped, ValueError, FileNotFoundError, CompactHydraException) as err:
         status = err.status if isinstance(err, RunStopped) else "failed"
         record.finish(status, error=str(err), wall_time_s=run.elapsed())
+        _dashboard_row(run_dir, record)
         if isinstance(err, CompactHydraException):
             raise
         raise RunFailed(str(err)) from None
+    except (SystemExit, KeyboardInterrupt) as err:
+        reason = str(err) if isinstance(err, Preempted) else f"{type(err).__name__}: {err}"
+        record.update(interrupted={"at": now_iso(), "reason": reason}, wall_time_s=run.elapsed())
+        raise
     except BaseException as err:
         if _is_trial_pruned(err):
             record.finish("pruned", error=str(err), wall_time_s=run.elapsed())
+            _dashboard_row(run_dir, record)
             return
         record.finish("failed", error=f"{type(err).__name__}: {err}", wall_time_s=run.elapsed())
+        _dashboard_row(run_dir, record)
         raise
 
 
+def _dashboard_row(run_dir: Path, record: RunRecord) -> None:
+    """A run that ended early keeps its row in TensorBoard's HParams table, with its status;
+    writing it never hides the error that ended the run."""
+    if not record.write or "config" not in record.data:
+        return
+    try:
+        from xray_loss.dashboard import write_session  # a heavy import, needed here only
+
+        write_session(Path(run_dir), record.data)
+    except Exception as err:  # noqa: BLE001 - the run's own error matters more
+        logging.getLogger(__name__).warning("no HParams row for %s: %s", run_dir, err)
+
+
 # --- what a run is: its named hyperparameters and its resolved configuration ----------------
+def threshold_name(threshold: Any) -> str:
+    """``0.5``, ``youden``, ``youden on folder``: a threshold setting as a table shows it."""
+    if not OmegaConf.is_config(threshold) and not isinstance(threshold, dict):
+        return str(threshold)
+    source = threshold.get("source", "carveout")
+    return str(threshold["rule"]) + ("" if source == "carveout" else f" on {source}")
+
+
 def hyperparameters(cfg: DictConfig, choices: dict[str, Any]) -> dict[str, Any]:
     """The named hyperparameters of a run (``xray_loss.metrics.AXES``): what metrics.json's
     ``config``, the HParams table and the report's columns call them. ``choices`` are Hydra's
@@ -192,7 +249,7 @@ def hyperparameters(cfg: DictConfig, choices: dict[str, Any]) -> dict[str, Any]:
         "seed": int(cfg.seed),
         "weight_decay": float(decay),
         "image_size": int(cfg.data.image_size),
-        "threshold": str(cfg.threshold),
+        "threshold": threshold_name(cfg.threshold),
     }
     return {axis: values[axis] for axis in AXES}
 

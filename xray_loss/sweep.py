@@ -1,10 +1,17 @@
-"""Multirun bookkeeping: where a sweep lives, its summary tables, resumption, failures.
+"""Where runs and sweeps live: directories, locks, resumption, a sweep's summary tables.
 
 ``SweepBookkeeping`` is a Hydra callback (``conf/hydra/default.yaml``):
 
-- ``on_multirun_start``: names the sweep directory after the command's overrides
-  (``<time>_<hash>``); with ``resume=true`` it reuses the latest directory of the same command,
-  so finished jobs are skipped and interrupted ones continue from ``last.ckpt``.
+- ``on_multirun_start``: gives the sweep a directory of its own, named after the time (to the
+  microsecond) and the command's overrides (``<time>_<hash>``), created atomically so that two
+  identical sweeps started at once never share one; with ``resume=true`` it reuses the latest
+  directory of the same command, so finished jobs are skipped and interrupted ones continue.
+- ``on_run_start`` (a single run): with ``resume=true``, picks the latest run directory of the
+  same overrides and continues it, or says why it cannot (none, completed, failed, no
+  checkpoint yet).
+- Both lock the directory they write to (``.lock``: owner pid, host, start, command): a second
+  live writer stops with a message instead of mixing its files in; a lock whose process is gone
+  (same host) is stale and taken over. ``on_run_end`` / ``on_multirun_end`` release it.
 - ``on_job_end`` (in whichever process ran the job): rewrites ``sweep_summary.csv`` (one row per
   job) and ``sweep_aggregate.csv`` (mean and std over seeds and folds of each configuration)
   from the jobs' ``metrics.json`` files, atomically, so they can be read while the sweep runs.
@@ -19,21 +26,30 @@ import hashlib
 import io
 import logging
 import math
+import os
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
 from xray_loss.config import setup_process
+from xray_loss.dashboard import sweep_axes, write_experiment
 from xray_loss.ddp import global_rank
 from xray_loss.metrics import METRICS
 from xray_loss.record import atomic_path, read_record
 from xray_loss.report.runs import format_value
 from xray_loss.report.stats import SUMMARY_KEYS, summarise
+from xray_loss.rundirs import (
+    check_resumable,
+    lock_directory,
+    new_sweep_dir,
+    run_to_resume,
+    unlock_directory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -124,29 +140,62 @@ def write_tables(sweep_dir: Path) -> list[dict[str, Any]]:
 class SweepBookkeeping(Callback):
     """Hydra callback; see the module docstring."""
 
+    _lock: Path | None = None
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A parallel launcher (joblib, submitit) unpickles its callbacks in the worker before
         # the worker names the job's directory with the xray_loss.* resolvers: install them.
         self.__dict__.update(state)
         setup_process()
 
+    # --- a single run ---------------------------------------------------------------------------
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if "LOCAL_RANK" in os.environ or global_rank() > 0:
+            return  # a DDP rank of a run: rank 0 holds its directory
+        HydraConfig.instance().set_config(config)  # for ${hydra:...} in the directory's name
+        chosen = any(o.startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra)
+        resume = bool(config.get("resume"))
+        run_dir = run_to_resume(config) if resume and not chosen else None
+        run_dir = run_dir or Path(str(config.hydra.run.dir))
+        if resume:
+            if run_dir.exists():  # a run still going refuses here, before its record is judged
+                self._lock = lock_directory(run_dir, "run")
+            check_resumable(run_dir)
+            log.info("resume=true: continuing %s", run_dir)
+        self._lock = lock_directory(run_dir, "run")
+        with read_write(config.hydra), open_dict(config.hydra):
+            config.hydra.run.dir = str(run_dir)  # the time in its name is taken once
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        unlock_directory(self._lock)
+
+    # --- a sweep --------------------------------------------------------------------------------
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         hydra_overrides = list(config.hydra.overrides.hydra)
         if any(o.startswith("hydra.sweep.dir=") for o in hydra_overrides):
-            return  # the user chose the directory
+            # the user chose the directory
+            self._lock = lock_directory(Path(str(config.hydra.sweep.dir)), "sweep")
+            params, task = config.hydra.sweeper.get("params"), list(config.hydra.overrides.task)
+            write_experiment(Path(str(config.hydra.sweep.dir)), sweep_axes(params, task), once=True)
+            return
         base = Path(config.paths.log_dir) / str(config.name) / "multirun"
-        key = sweep_key(list(config.hydra.overrides.task) + hydra_overrides)
+        task = list(config.hydra.overrides.task)
+        key = sweep_key(task + hydra_overrides)
         previous = sorted(base.glob(f"*_{key}")) if base.exists() else []
         if config.get("resume") and previous:
             sweep_dir = previous[-1]
+            self._lock = lock_directory(sweep_dir, "sweep")
             log.info("resume=true: continuing the sweep in %s", sweep_dir)
         else:
             if config.get("resume"):
                 log.info("resume=true: no earlier sweep of this command under %s", base)
-            sweep_dir = base / f"{datetime.now():%Y-%m-%d_%H-%M-%S}_{key}"
+            sweep_dir = new_sweep_dir(base, key)
+            self._lock = lock_directory(sweep_dir, "sweep")
         with read_write(config.hydra), open_dict(config.hydra):
             config.hydra.sweep.dir = str(sweep_dir)
             config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{sweep_dir}'")
+        params = config.hydra.sweeper.get("params")
+        write_experiment(sweep_dir, sweep_axes(params, task), once=True)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if global_rank() == 0:
@@ -155,6 +204,7 @@ class SweepBookkeeping(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = write_tables(sweep_dir)
+        unlock_directory(self._lock)
         failed = [r for r in rows if r["status"] in FAILED]
         done = sum(r["status"] == "completed" for r in rows)
         print(

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xray_loss.callbacks import EpochBudgets
 from xray_loss.config import check_config, setup_process
-from xray_loss.dashboard import write_hparams
+from xray_loss.dashboard import write_experiment, write_session
 from xray_loss.ddp import LocalRanks, global_rank, share_cpu_threads
 from xray_loss.metrics import METRICS
 from xray_loss.record import RunRecord, hyperparameters, recorded_run, run_configuration
@@ -69,9 +69,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         result = summarise(trainer, module, val, test, budgets)
         run.finish(result)
         if trainer.is_global_zero:
-            write_hparams(
-                run_dir, run.record.data["config"], result["best_val_auroc"], trainer.global_step
-            )
+            write_session(run_dir, run.record.data, trainer.current_epoch)
+            if HydraConfig.get().mode != RunMode.MULTIRUN:  # a sweep writes its own experiment
+                write_experiment(run_dir, {})
             print_summary(run_dir, result, cfg)
     return run.record.data
 
@@ -98,7 +98,6 @@ def epoch_budgets(trainer: L.Trainer) -> EpochBudgets:
 def summarise(trainer: L.Trainer, module, val: dict, test: dict, budgets: dict) -> dict[str, Any]:
     """What metrics.json records of a finished run, read off the checkpoint callback."""
     checkpoint = trainer.checkpoint_callback
-    threshold_rule = "youden on val" if module.hparams.threshold == "youden" else "fixed"
     return {
         "best_epoch": module.loaded_epoch + 1,  # of the best checkpoint, loaded by the test
         "best_checkpoint": checkpoint.best_model_path,
@@ -106,9 +105,9 @@ def summarise(trainer: L.Trainer, module, val: dict, test: dict, budgets: dict) 
         "epochs_trained": trainer.current_epoch,
         # val and test metrics are both taken at this threshold (P >= threshold: pneumonia)
         "threshold": float(module.threshold),
-        "threshold_rule": threshold_rule,
+        "operating_point": module.operating_point_report(),
         "val": {k: float(v) for k, v in val.items()},
-        "test": {k: float(v) for k, v in test.items()},
+        "test": {k: float(v) for k, v in test.items() if k.startswith("test/")},
         "budgets": budgets,
         "world_size": trainer.world_size,
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -18,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from xray_loss.data.augment import AugmentConfig, BatchAugment, sample_augment
+from xray_loss.data.order import TrainLoader, TrainOrder
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +98,10 @@ class XrayDataModule(L.LightningDataModule):
         augment: dict | None = None,
         on_device: bool | str = "auto",
         seed: int = 0,
+        calibration: str = "carveout",
     ) -> None:
         super().__init__()
+        self.calibration = str(calibration)  # the threshold's sample: threshold.source
         self.batch_size = int(batch_size)
         self.num_workers = int(num_workers)
         self.augment_cfg = AugmentConfig(**(augment or {"enabled": False}))
@@ -115,6 +119,32 @@ class XrayDataModule(L.LightningDataModule):
         """Split ``name`` as an error message names it; a source adds where it came from."""
         return f"The {name} split"
 
+    def folder_calibration(self) -> Split | None:
+        """The layout's own labeled sample for a threshold (``threshold.source=folder``), or
+        None when the source has none; Kermany's ``val/`` folder is one."""
+        return None
+
+    def calibration_split(self) -> Split | None:
+        """The sample a threshold rule is chosen on (``threshold.source``): None for the
+        carve-out (the val split itself), the layout's folder, or any labeled folder."""
+        source = self.calibration
+        if source == "carveout":
+            return None
+        if source in ("folder", "auto"):
+            split = self.folder_calibration()
+            if split is None and source == "folder":
+                raise DataError(
+                    f"threshold.source=folder: data={self.name} has no labeled folder of its own "
+                    f"to choose a threshold on; use threshold.source=carveout, or the path of a "
+                    f"labeled folder (NORMAL/, PNEUMONIA/)."
+                )
+            return split
+        from xray_loss.data.kermany_layout import read_labeled_folder
+
+        return read_labeled_folder(
+            Path(source).expanduser(), self.image_size, getattr(self, "resize", "squash")
+        )
+
     # --- Lightning hooks --------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.splits is None:
@@ -129,6 +159,18 @@ class XrayDataModule(L.LightningDataModule):
                     counts[1],
                 )
             self._check_splits()
+            if "calibration" not in self.splits:
+                calibration = self.calibration_split()
+                if calibration is not None:
+                    self.splits["calibration"] = calibration
+            if "calibration" in self.splits:
+                counts = self.splits["calibration"].class_counts()
+                log.info(
+                    "threshold calibration sample (%s): %d images (normal %d, pneumonia %d)",
+                    self.calibration,
+                    sum(counts),
+                    *counts,
+                )
         self._place_on_device()
 
     def _check_splits(self) -> None:
@@ -206,10 +248,14 @@ class XrayDataModule(L.LightningDataModule):
         dataset = ImageTensorDataset(self.splits[split], transform)
         workers = 0 if self.on_device else self.num_workers
         on_cuda = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
-        return DataLoader(
+        order = None
+        if train:  # shuffled, one shard per DDP rank, resumable mid-epoch
+            replicas, rank = (1, 0) if self.trainer is None else self._replicas()
+            order = TrainOrder(dataset, self.seed, replicas, rank, persistent_workers=workers > 0)
+        return (TrainLoader if train else DataLoader)(
             dataset,
             batch_size=self.batch_size,
-            shuffle=train,
+            sampler=order,
             # a ragged last batch adds a noisy step; drop it unless the split is that small: a
             # split of fewer than 2 batches keeps its short batch, so training never has 0 steps
             drop_last=train and len(dataset) >= 2 * self.batch_size,
@@ -217,14 +263,25 @@ class XrayDataModule(L.LightningDataModule):
             persistent_workers=workers > 0,
             pin_memory=on_cuda and not self.on_device,
             collate_fn=keep_batch,
+            # the workers' base seed (the order has its own generator, seeded alike)
             generator=torch.Generator().manual_seed(self.seed) if train else None,
         )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", train=False)
+    def _replicas(self) -> tuple[int, int]:
+        """(number of DDP ranks, this rank): what Lightning would give a DistributedSampler."""
+        kwargs = self.trainer.distributed_sampler_kwargs or {}
+        return int(kwargs.get("num_replicas", 1)), int(kwargs.get("rank", 0))
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """The carve-out (checkpoint selection), then the threshold's calibration sample when
+        it is not the carve-out itself (xray_loss.threshold)."""
+        val = self._loader("val", train=False)
+        if self.splits and "calibration" in self.splits:
+            return [val, self._loader("calibration", train=False)]
+        return val
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)

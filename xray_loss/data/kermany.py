@@ -132,11 +132,14 @@ class KermanyDataModule(XrayDataModule):
                     f"data.test_fraction=0.15 (patient-grouped), or add test/.\n{LAYOUT}"
                 )
             check_classes(files, "test", root, required=True)
-        if self.val_source == "folder":
+        has_val = any(f.folder == "val" for f in files)
+        # val/ chooses the threshold (threshold.source folder, or auto when it is there)
+        self._val_calibrates = self.calibration in ("folder", "auto") and has_val
+        if self.val_source == "folder" or self._val_calibrates:
             check_classes(files, "val", root, required=True)
         # only the folders this configuration uses
         used = {"train"} | ({"test"} if self.test_fraction == 0 else set())
-        used |= {"val"} if self.val_source == "folder" else set()
+        used |= {"val"} if self.val_source == "folder" or self._val_calibrates else set()
         files = [f for f in files if f.folder in used]
 
         images, files, hashes = self._images(files)
@@ -148,8 +151,10 @@ class KermanyDataModule(XrayDataModule):
         }
         self._write_split_csv(root, files, assignment, notes)
         splits = {}
-        for name in ("train", "val", "test"):
+        for name in ("train", "val", "test", "calibration"):
             positions = [i for i, s in enumerate(assignment) if s == name]
+            if not positions and name == "calibration":
+                continue
             if not positions:
                 raise DataError(f"the {name} split is empty: use more data or a larger fraction.")
             labels = torch.tensor([files[i].label for i in positions], dtype=torch.int64)
@@ -166,6 +171,12 @@ class KermanyDataModule(XrayDataModule):
                 patients=[files[i].patient for i in positions],
             )
         return splits
+
+    def folder_calibration(self) -> Split | None:
+        """The official ``val/`` folder (set aside in load_splits); None without one."""
+        if self.val_source == "folder":
+            return self.splits["val"]
+        return None
 
     def _images(self, files: list[ImageFile]):
         """Decode (or map from the cache) every file; deal with unreadable ones."""
@@ -210,7 +221,12 @@ class KermanyDataModule(XrayDataModule):
         groups = connected_groups([f.patient for f in files], hashes)
         n_dupes = len(hashes) - len(set(hashes))
         labels = [f.label for f in files]
-        assignment = ["dropped" if i in dropped else f.folder for i, f in enumerate(files)]
+        # the official val/ is the val split (val_source=folder) or the threshold's sample
+        val_folder = "val" if self.val_source == "folder" else "calibration"
+        assignment = [
+            "dropped" if i in dropped else (val_folder if f.folder == "val" else f.folder)
+            for i, f in enumerate(files)
+        ]
         pool = [i for i, f in enumerate(files) if assignment[i] == "train"]
 
         def sub(values, idx):

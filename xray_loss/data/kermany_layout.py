@@ -13,7 +13,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from xray_loss.data.base import DataError
+import torch
+
+from xray_loss.data.base import DataError, Split
 from xray_loss.data.images import display_path
 
 CLASSES = {"normal": 0, "pneumonia": 1}
@@ -77,27 +79,33 @@ def find_root(root: str | Path | None) -> Path:
     raise DataError(f"data.root={root} has no train/ folder.\n{LAYOUT}")
 
 
+def labeled_images(folder: Path) -> list[tuple[Path, int]]:
+    """(path, label) of every image under ``folder``'s class sub-folders, in a stable order
+    (hidden files, ``__MACOSX/`` and other extensions ignored)."""
+    found = []
+    for class_name, label in CLASSES.items():
+        class_dir = _child(folder, class_name)
+        for path in sorted(class_dir.rglob("*")) if class_dir is not None else []:
+            rel = path.relative_to(class_dir)
+            if (
+                path.is_file()
+                and path.suffix.lower() in EXTENSIONS
+                and not any(part.startswith(".") or part == "__MACOSX" for part in rel.parts)
+            ):
+                found.append((path, label))
+    return found
+
+
 def scan(root: Path) -> list[ImageFile]:
     """Every image under the split/class folders, in a stable order."""
     files: list[ImageFile] = []
     for folder in ("train", "val", "test"):
         split_dir = _child(root, folder)
-        if split_dir is None:
-            continue
-        for class_name, label in CLASSES.items():
-            class_dir = _child(split_dir, class_name)
-            if class_dir is None:
-                continue
-            for path in sorted(class_dir.rglob("*")):
-                rel = path.relative_to(class_dir)
-                if (
-                    path.is_file()
-                    and path.suffix.lower() in EXTENSIONS
-                    and not any(part.startswith(".") or part == "__MACOSX" for part in rel.parts)
-                ):
-                    pid = patient_id(path.name) or f"file:{display_path(rel.with_suffix(''))}"
-                    # ids are per split folder (the official test split is numbered on its own)
-                    files.append(ImageFile(path, label, folder, f"{folder}/{pid}"))
+        for path, label in labeled_images(split_dir) if split_dir is not None else []:
+            stem = display_path(path.relative_to(split_dir).with_suffix(""))
+            pid = patient_id(path.name) or f"file:{stem.split('/', 1)[-1]}"
+            # ids are per split folder (the official test split is numbered on its own)
+            files.append(ImageFile(path, label, folder, f"{folder}/{pid}"))
     return files
 
 
@@ -133,3 +141,32 @@ def cross_split_duplicates(files: list[ImageFile], hashes: list[str | None]) -> 
         for i, h in enumerate(hashes)
         if h is not None and files[owner[h]].folder != files[i].folder
     }
+
+
+def read_labeled_folder(folder: Path, image_size: int, resize: str) -> Split:
+    """A labeled sample outside the training layout (``FOLDER/{NORMAL,PNEUMONIA}/*``), decoded
+    like the training images: e.g. a site's own images to choose a threshold on."""
+    from xray_loss.data.images import ImageDecodeError, decode
+
+    files = labeled_images(folder)
+    labels = {label for _, label in files}
+    if len(labels) < 2:
+        raise DataError(
+            f"{folder} must hold NORMAL/ and PNEUMONIA/ sub-folders with images of both classes "
+            f"(found {len(files)} image(s) of {len(labels)} class(es)): a threshold is chosen "
+            f"between the two."
+        )
+    images, bad = [], []
+    for path, _ in files:
+        try:
+            images.append(decode(path, image_size, resize))
+        except (ImageDecodeError, OSError) as err:
+            bad.append(f"  {display_path(path)}: {getattr(err, 'reason', err)}")
+    if bad:
+        listing = "\n".join(bad)
+        raise DataError(f"{len(bad)} image file(s) of {folder} could not be read:\n{listing}")
+    return Split(
+        torch.stack(images),
+        torch.tensor([label for _, label in files], dtype=torch.int64),
+        files=[display_path(path.relative_to(folder)) for path, _ in files],
+    )

@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from xray_loss.report.figures import STUDY_FIGURES, calibration_figure, compare_figure, save
+from xray_loss.report.figures import (
+    STUDY_FIGURES,
+    budget_figure,
+    calibration_figure,
+    compare_figure,
+    dry_run_note,
+    held,
+    save,
+)
 from xray_loss.report.runs import columns, load_runs, slice_for
 from xray_loss.report.stats import paired_loss_tests, summary_rows
 from xray_loss.report.tables import write_summary
@@ -24,19 +32,23 @@ def make_report(
     written: dict[str, Any] = {"figures": {}, "skipped": skipped, "runs": len(runs)}
     jobs = dict(STUDY_FIGURES)
     for axis in compare or []:
-        jobs[f"compare_{axis}"] = (axis, {})
+        jobs[f"compare_{axis}"] = (axis, {}, "curves")
     present = columns([r.record for r in runs])
-    for name, (axis, prefer) in jobs.items():
-        if axis not in present:
+    has_budgets = any(r.record.get("budgets") for r in runs)
+    for name, (axis, prefer, kind) in jobs.items():
+        if kind == "budgets" and (axis in present or has_budgets):
+            fig, data = budget_figure(runs, prefer)
+        elif kind == "curves" and axis in present:
+            fig, data = compare_figure(runs, axis, prefer)
+        else:
             continue
-        fig, data = compare_figure(runs, axis, prefer)
         written["figures"][name] = {"files": save(fig, out, name), "data": data}
     loss_runs, _ = slice_for(runs, "loss", STUDY_FIGURES["fig1_loss_compare"][1])
     fig, data = calibration_figure(loss_runs)
     written["figures"]["calibration"] = {"files": save(fig, out, "calibration"), "data": data}
     cols, rows = summary_rows(runs, n_boot)
     tests = paired_loss_tests(runs)
-    write_summary(out, cols, rows, tests, skipped)
+    write_summary(out, cols, rows, tests, skipped, held(runs, ""), dry_run_note(runs))
     written.update(summary=rows, tests=tests, columns=cols)
     print(
         f"{len(runs)} run(s); wrote {len(written['figures'])} figure(s), summary.md and "

@@ -141,23 +141,28 @@ def slice_for(runs: list[Run], axis: str, prefer: dict[str, Any]) -> tuple[list[
 
 # --- reading run directories ----------------------------------------------------------------
 def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Per-epoch values (epoch starting at 1) of the report's curves, from the events."""
+    """Per-epoch values (epoch starting at 1) of the report's curves, from the events.
+
+    Runs log their per-epoch values at step = epochs completed (xray_loss.module); runs of
+    older versions logged them at the global step, with an ``epoch`` scalar to map it.
+    """
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     ea = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     ea.Reload()
     tags = set(ea.Tags().get("scalars", []))
-    if "epoch" not in tags:
-        return {}
-    step_epoch = {e.step: int(round(e.value)) for e in ea.Scalars("epoch")}
+    step_epoch = {}
+    if "epoch" in tags:
+        step_epoch = {e.step: int(round(e.value)) + 1 for e in ea.Scalars("epoch")}
     curves = {}
-    for tag in CURVES:
+    for tag in (*CURVES, "val/auroc"):
         if tag not in tags:
             continue
+        events = ea.Scalars(tag)
+        older = bool(step_epoch) and all(e.step in step_epoch for e in events)
         by_epoch: dict[int, float] = {}
-        for event in ea.Scalars(tag):  # a resumed run may repeat a step: the last one wins
-            if event.step in step_epoch:
-                by_epoch[step_epoch[event.step] + 1] = event.value
+        for event in events:  # a resumed run may repeat a step: the last one wins
+            by_epoch[step_epoch[event.step] if older else event.step] = event.value
         curves[tag] = sorted(by_epoch.items())
     return curves
 

@@ -34,8 +34,13 @@ def write_summary(
     rows: list[dict[str, Any]],
     tests: list[dict[str, Any]],
     skipped: list[tuple[Path, str]],
+    fixed: dict[str, Any] | None = None,
+    note: str = "",
 ) -> None:
-    """Write summary.csv (all numbers) and summary.md (the readable table and tests)."""
+    """Write summary.csv (all numbers) and summary.md (the readable table and tests).
+
+    ``fixed``: the settings every run shares, listed first; ``note`` marks a dry run.
+    """
     columns = (
         [*cols, "n"]
         + [f"{m}_{s}" for m in TABLE for s in ("mean", "std")]
@@ -46,9 +51,21 @@ def write_summary(
         writer.writeheader()
         for row in rows:
             writer.writerow({k: _fmt(row.get(k), 6) for k in columns})
-    lines = [
-        "# Summary",
-        "",
+    lines = ["# Summary", ""]
+    if note:
+        lines += [
+            f"**{note[0].upper() + note[1:]}**: epochs were scaled down, so these numbers "
+            "check the plumbing, not the science.",
+            "",
+        ]
+    if fixed:
+        lines += [
+            "Fixed in every run: "
+            + ", ".join(f"{k}={format_value(v)}" for k, v in fixed.items())
+            + ".",
+            "",
+        ]
+    lines += [
         f"Test metrics as mean ± std over the n repeats (seeds, folds) of each configuration; "
         f"AUROC with a {_ci_unit_sentence(rows)}. **Bold**: the best configuration by mean "
         "validation AUROC (choosing by test would be optimistic).",

@@ -1,0 +1,64 @@
+"""Two sweeps never write into one directory: identical sweeps started at once get a directory
+each, and a second writer of a directory in use stops with a message instead."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import metrics, run_dirs
+from tests.test_resume import start
+
+pytestmark = pytest.mark.slow
+
+SWEEP = ["-m", "debug=tiny", "loss=bce,ce", "epochs=1"]
+
+
+def test_identical_sweeps_started_at_once_keep_apart_and_a_second_writer_stops(workdir):
+    # a directory another live process writes to (its lock names it)
+    held = workdir / "elsewhere"
+    held.mkdir()
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+    lock = {"pid": owner.pid, "host": socket.gethostname(), "command": "an earlier sweep"}
+    (held / ".lock").write_text(json.dumps(lock))
+    try:
+        first, second = start(workdir, *SWEEP), start(workdir, *SWEEP)
+        third = start(workdir, *SWEEP, f"hydra.sweep.dir={held}")
+        for proc in (first, second):
+            assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
+        assert third.wait(timeout=300) == 1
+    finally:
+        owner.kill()
+        owner.wait()
+    assert f"{held} is in use by another sweep: pid {owner.pid} on this host" in (
+        third.stderr.read()
+    )
+    assert sorted(p.name for p in held.iterdir()) == [".lock"]  # it wrote nothing there
+
+    sweeps = sorted(p.parent for p in workdir.glob("logs/train/multirun/*/multirun.yaml"))
+    assert len(sweeps) == 2
+    # the same command (hash), its own directory each (time to the microsecond)
+    assert len({s.name.split("_")[-1] for s in sweeps}) == 1
+    for sweep in sweeps:
+        assert not (sweep / ".lock").exists()  # released at the end
+        runs = run_dirs(sweep)
+        assert sorted(r.name for r in runs) == ["epochs=1,loss=bce", "epochs=1,loss=ce"]
+        for run in runs:
+            assert metrics(run)["status"] == "completed"
+            assert metrics(run)["run_dir"] == str(run)
+            # one writer: TensorBoard files of one process, no -v1 checkpoints
+            writers = {
+                re.search(r"\.(\d+)\.\d+$", p.name).group(1)
+                for p in run.glob("events.out.tfevents.*")
+            }
+            assert len(writers) == 1, sorted(p.name for p in run.glob("events.out.tfevents.*"))
+            assert not list(run.glob("checkpoints/*-v*.ckpt"))
+        with open(sweep / "sweep_summary.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}

@@ -1,0 +1,160 @@
+"""Exact resume: a run killed with SIGKILL and resumed ends bit for bit where the uninterrupted
+run ends; ``resume=true`` on a single run continues it or says why it cannot."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import assert_ok, metrics, run_cli
+
+pytestmark = pytest.mark.slow
+
+# augmentation (CPU, in the main process) and dropout draw from the global RNG; 16 steps an
+# epoch, a mid-epoch checkpoint every 5 steps; one thread, so the arithmetic is the same
+ARGS = [
+    "debug=tiny",
+    "epochs=4",
+    "batch_size=16",
+    "threads=1",
+    "checkpoint_every_n_steps=5",
+    "data.augment.enabled=true",
+    "model.backbone.dropout=0.3",
+]
+STEPS_PER_EPOCH = 256 // 16
+
+
+def start(workdir: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XRAY_LOSS_CACHE": str(workdir / "cache")}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "xray_loss.train", *args],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def newest_checkpoint(root: Path) -> Path | None:
+    found = [p for p in root.glob("logs/train/runs/*/checkpoints/*.ckpt") if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else None
+
+
+def kill_when_newest(proc: subprocess.Popen, root: Path, name: str, after: Path | None) -> Path:
+    """SIGKILL the run once its newest checkpoint is ``name`` (and not ``after``, the one it
+    resumed from). The run is stopped (SIGSTOP) to look, so what it leaves is what was seen."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        newest = newest_checkpoint(root)
+        if newest is not None and newest.name == name and newest != after:
+            os.killpg(proc.pid, signal.SIGSTOP)
+            newest = newest_checkpoint(root)
+            if newest.name == name and newest != after:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return newest
+            os.killpg(proc.pid, signal.SIGCONT)
+        if proc.poll() is not None:
+            pytest.fail(
+                f"the run ended (exit {proc.returncode}) before it could be killed:\n"
+                f"{proc.stderr.read()[-3000:]}"
+            )
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail(f"no {name} within 240 s")
+
+
+def step_of(checkpoint: Path) -> int:
+    return torch.load(checkpoint, map_location="cpu", weights_only=True)["global_step"]
+
+
+def test_a_run_killed_twice_and_resumed_ends_bit_for_bit_as_the_uninterrupted_one(workdir):
+    reference = start(workdir, *ARGS, "name=reference")
+    # 1. killed after an epoch's end (resumes from last.ckpt: the next epoch's order and RNG)
+    proc = start(workdir, *ARGS)
+    first = kill_when_newest(proc, workdir, "last.ckpt", after=None)
+    run = first.parent.parent
+    assert step_of(first) % STEPS_PER_EPOCH == 0
+    assert metrics(run)["status"] == "running"
+    # 2. resumed, then killed mid-epoch (resumes from resume.ckpt: the rest of that epoch)
+    proc = start(workdir, *ARGS, "resume=true")
+    second = kill_when_newest(proc, workdir, "resume.ckpt", after=first)
+    assert second.parent.parent == run and step_of(second) % STEPS_PER_EPOCH != 0
+    assert reference.wait(timeout=240) == 0, reference.stderr.read()[-3000:]
+    # 3. resumed to the end
+    assert_ok(run_cli(*ARGS, "resume=true", cwd=workdir))
+
+    (ref_run,) = (workdir / "logs" / "reference" / "runs").iterdir()
+    record, ref = metrics(run), metrics(ref_run)
+    assert record["status"] == "completed"
+    assert [Path(r["checkpoint"]).name for r in record["resumes"]] == ["last.ckpt", "resume.ckpt"]
+    assert record["resumes"][1]["interrupted"] is None  # SIGKILL: nothing could be noted
+    for key in ("best_epoch", "best_val_auroc", "epochs_trained", "threshold", "val", "test"):
+        assert record[key] == ref[key], key
+    assert Path(record["best_checkpoint"]).name == Path(ref["best_checkpoint"]).name
+    # the same files, no -v1 copies of checkpoints written again after the kills
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == sorted(p.name for p in (ref_run / "checkpoints").iterdir())
+    assert not (run / "checkpoints" / "resume.ckpt").exists()
+    # resume=true once more: it completed, nothing to resume, nothing run again
+    proc = run_cli(*ARGS, "resume=true", cwd=workdir)
+    assert_ok(proc)
+    assert f"resume=true: {run.relative_to(workdir)} completed" in proc.stdout
+    assert metrics(run)["finished"] == record["finished"]
+
+    for name in ("last.ckpt", Path(ref["best_checkpoint"]).name):
+        got = torch.load(run / "checkpoints" / name, map_location="cpu", weights_only=True)
+        want = torch.load(ref_run / "checkpoints" / name, map_location="cpu", weights_only=True)
+        assert got["global_step"] == want["global_step"]
+        assert got["state_dict"].keys() == want["state_dict"].keys()
+        for key, tensor in want["state_dict"].items():
+            assert torch.equal(got["state_dict"][key], tensor), f"{name}: {key}"
+        for (_, a), (_, b) in zip(
+            _tensors(got["optimizer_states"]), _tensors(want["optimizer_states"]), strict=True
+        ):
+            assert torch.equal(a, b), f"{name}: optimizer state"
+        # the epoch's running training metrics came through the resume too
+        for metric, state in want["metric_states"].items():
+            for key, value in state["states"].items():
+                assert torch.equal(got["metric_states"][metric]["states"][key], value), metric
+
+
+def _tensors(tree, prefix=""):
+    if isinstance(tree, torch.Tensor):
+        yield prefix, tree
+    elif isinstance(tree, dict):
+        for key in sorted(tree, key=str):
+            yield from _tensors(tree[key], f"{prefix}.{key}")
+    elif isinstance(tree, (list, tuple)):
+        for i, item in enumerate(tree):
+            yield from _tensors(item, f"{prefix}.{i}")
+
+
+def test_resume_true_on_a_single_run_says_why_it_cannot(workdir):
+    # the latest run of these overrides was interrupted before its first checkpoint
+    run = workdir / "logs" / "train" / "runs" / "2026-01-02_03-04-05-000006_epochs=1,lr=0.005"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "metrics.json").write_text(json.dumps({"status": "running"}))
+    none = start(workdir, "debug=tiny", "epochs=1", "lr=0.003", "resume=true")
+    early = start(workdir, "debug=tiny", "epochs=1", "lr=0.005", "resume=true")
+    assert none.wait(timeout=120) == 1 and early.wait(timeout=120) == 1
+    message = "resume=true: no earlier run with overrides epochs=1,lr=0.003 under logs/train/runs/"
+    assert message in none.stderr.read()
+    shown = run.relative_to(workdir)  # as the command names it, under logs/ where it ran
+    assert f"resume=true: {shown} was interrupted before its first checkpoint" in (
+        early.stderr.read()
+    )
+    # and neither started a run
+    assert [p.name for p in run.parent.iterdir()] == [run.name]
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "metrics.json"]
