@@ -12,6 +12,7 @@ from tests.fixtures import make_kermany
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
+MODES = ("today", "fast ")
 
 
 def _run(*args: str, cwd: Path) -> str:
@@ -23,10 +24,21 @@ def _run(*args: str, cwd: Path) -> str:
 
 
 def test_gpu_benchmark_smoke_on_cpu(tmp_path):
-    out = _run(str(ROOT / "bench" / "gpu.py"), "--tiny", cwd=ROOT)
+    # the grid part of bench/gpu.py runs like bench/gpu_sweep.py's today mode (tested below)
+    out = _run(str(ROOT / "bench" / "gpu.py"), "--tiny", "--skip-grid", cwd=ROOT)
     assert "ceiling (model only" in out and "of the ceiling" in out
     assert "(c) cache on GPU" in out and "(a) workers decoding JPEGs" in out
-    assert "projected full grid" in out
+
+
+def test_gpu_sweep_benchmark_smoke_on_cpu(tmp_path):
+    out = _run(str(ROOT / "bench" / "gpu_sweep.py"), "--tiny", cwd=ROOT)
+    rows = {line.split()[0]: line.split() for line in out.splitlines() if line[:5] in MODES}
+    assert set(rows) == {"today", "fast"}, out
+    # one lr and loss of the grid: 3 epoch counts, or 1 run with budgets
+    assert rows["today"][1] == "3" and rows["fast"][1] == "1"
+    # epochs {10, 30, 100} x 0.05 -> {1, 2, 5}; budgets train the 5-epoch run only
+    assert rows["today"][2] == str(1 + 2 + 5) and rows["fast"][2] == "5"
+    assert "full grid x3 seeds" in out and out.count(" min") >= 2
 
 
 def test_overhead_benchmark_smoke(tmp_path):

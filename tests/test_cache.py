@@ -141,3 +141,22 @@ def test_a_damaged_store_is_named_and_rebuilt(tmp_path, caplog, how):
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("image cache hit") for m in messages)
     assert not any("is damaged" in m for m in messages)
+
+
+def _decode_in_worker(files: list[Path]) -> tuple[int, int]:
+    from xray_loss.data.images import decode_all
+
+    out = np.zeros((len(files), 1, 32, 32), dtype=np.uint8)
+    bad, hashes = decode_all(files, 32, "squash", num_workers=2, out=out)
+    return len(bad), sum(h is not None for h in hashes)
+
+
+def test_decoding_with_workers_inside_a_joblib_job(tmp_path):
+    """hydra/launcher=joblib runs jobs in loky processes, whose start method torch's
+    DataLoader workers cannot use: the cold cache of a Kermany job there still builds."""
+    from joblib import Parallel, delayed
+
+    root = make_kermany(tmp_path / "data", n_normal=6, n_pneumonia=6)
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() == ".jpeg")
+    (result,) = Parallel(n_jobs=2, backend="loky")([delayed(_decode_in_worker)(files)])
+    assert result == (0, len(files))

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import assert_ok, run_cli
 from xray_loss.report import auroc, expected_calibration_error, make_report, sign_flip_test
+from xray_loss.report.runs import identity, load_runs
 
 pytestmark = pytest.mark.slow
 NAMES = ["loss", "acc", "auroc", "f1", "sensitivity", "specificity"]
@@ -117,3 +119,18 @@ def test_statistics_helpers():
     assert expected_calibration_error(labels, perfect) == pytest.approx(0.0)
     assert sign_flip_test([0.1, 0.12, 0.09, 0.11, 0.1, 0.13, 0.1, 0.12]) < 0.01
     assert sign_flip_test([0.1, -0.1, 0.05, -0.04]) > 0.5
+
+
+def test_full_grid_budgets_computes_the_full_grid(study_sweep, tmp_path):
+    """experiment=full_grid_budgets (one 100-epoch run per cell, tested within 10/30/100
+    epochs) reads as the same runs, with the same numbers, as experiment=full_grid."""
+    args = ["-m", "experiment=full_grid_budgets", "debug=sweep", "seeds=1"]
+    assert_ok(run_cli(*args, cwd=tmp_path))
+    budget_runs, _ = load_runs([tmp_path / "logs"])
+    assert len({r.path for r in budget_runs}) == 6 and len(budget_runs) == 18
+    grid = {(identity(r.record), r.seed): r for r in load_runs([study_sweep])[0]}
+    for run in budget_runs:
+        twin = grid[(identity(run.record), run.seed)]
+        assert run.record["best_epoch"] == twin.record["best_epoch"], run.config
+        assert run.record["test"] == pytest.approx(twin.record["test"], abs=1e-6), run.config
+        assert run.probs == pytest.approx(twin.probs, abs=1e-6)

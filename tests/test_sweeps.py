@@ -19,6 +19,8 @@ import torch
 from tests.conftest import assert_ok, metrics, run_cli, run_dirs
 from tests.fixtures import make_kermany
 from xray_loss.optuna_pruning import OptunaPruning
+from xray_loss.report.runs import identity, load_runs
+from xray_loss.report.stats import summarise
 
 pytestmark = pytest.mark.slow
 
@@ -124,6 +126,20 @@ def test_epoch_budgets_of_one_run_equal_separate_shorter_runs(workdir):
         assert budgets["2"]["test"][key] == pytest.approx(value, abs=1e-6), key
     assert budgets["4"]["test"] == pytest.approx(metrics(long_run)["test"], abs=1e-6)
     assert (long_run / "test_predictions_epoch002.csv").exists()
+
+    # the report and the aggregate read the budget run as the two runs it stands for: its
+    # 2-epoch budget is the same configuration as the separate 2-epoch run, with its numbers
+    runs, _ = load_runs([workdir / "logs"])
+    assert sorted(r.config["epochs"] for r in runs) == [2, 2, 4]
+    short_read = next(r for r in runs if r.path == short_run)
+    budget_read = next(r for r in runs if r.path == long_run and r.config["epochs"] == 2)
+    assert identity(budget_read.record) == identity(short_read.record)
+    assert budget_read.record["best_epoch"] == short_read.record["best_epoch"]
+    assert budget_read.probs == pytest.approx(short_read.probs, abs=1e-6)
+    assert budget_read.curves["val/auroc"] == pytest.approx(short_read.curves["val/auroc"])
+    cols, rows = summarise([metrics(long_run), metrics(short_run)])
+    assert cols == ["epochs"] and [(r["epochs"], r["n"]) for r in rows] == [(2, 2), (4, 1)]
+    assert rows[0]["test_auroc_std"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_optuna_search_with_sqlite_storage_resumes_its_study(workdir):

@@ -172,6 +172,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.n_test": (_int_at_least(2), "an integer >= 2"),
     "data.image_size": (_int_at_least(16), "an integer >= 16 (pixels)"),
     "data.num_workers": (_int_at_least(0), "an integer >= 0"),
+    "data.eval_batch_size": (_int_at_least(1), "an integer >= 1, or null for batch_size"),
+    "checkpoint_every_n_epochs": (_int_at_least(1), "an integer >= 1"),
     "data.pneumonia_fraction": (_fraction_open, "a number strictly between 0 and 1"),
     "data.difficulty": (_positive, "a number > 0"),
     "data.val_fraction": (_fraction_open, "a number strictly between 0 and 1"),

@@ -57,7 +57,7 @@ def data_config(cfg: DictConfig, trained: dict[str, Any], out: Path) -> dict[str
         data = dict(trained["data"])
     else:
         raise ConfigError("The checkpoint carries no data config: pass data=... explicitly.")
-    data["batch_size"] = int(cfg.batch_size)
+    data["batch_size"] = data["eval_batch_size"] = int(cfg.batch_size)
     if "split_csv" in data:
         data["split_csv"] = str(out / "split.csv")  # never overwrite the training run's split
     data["augment"] = {**data.get("augment", {}), "enabled": False}

@@ -257,6 +257,7 @@ def hyperparameters(cfg: DictConfig, choices: dict[str, Any]) -> dict[str, Any]:
 # settings that change how a run is run or logged, not what it computes
 _BOOKKEEPING = (
     "data.batch_size",  # = batch_size
+    "data.eval_batch_size",  # the same metrics at any size (tests/test_train_cli.py)
     "data.seed",  # = seed
     "data.cache",
     "data.cache_dir",

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from xray_loss.data.augment import AugmentConfig, BatchAugment, sample_augment
+from xray_loss.data.images import worker_start_method
 from xray_loss.data.order import TrainLoader, TrainOrder
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,14 @@ class XrayDataModule(L.LightningDataModule):
         on_device: bool | str = "auto",
         seed: int = 0,
         calibration: str = "carveout",
+        eval_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         self.calibration = str(calibration)  # the threshold's sample: threshold.source
         self.batch_size = int(batch_size)
+        # validation and test batches: no gradients, so larger ones only save steps; the
+        # metrics do not depend on it (each image is scored alone: eval-mode BatchNorm)
+        self.eval_batch_size = int(eval_batch_size or batch_size)
         self.num_workers = int(num_workers)
         self.augment_cfg = AugmentConfig(**(augment or {"enabled": False}))
         self.on_device_option = on_device
@@ -254,12 +259,13 @@ class XrayDataModule(L.LightningDataModule):
             order = TrainOrder(dataset, self.seed, replicas, rank, persistent_workers=workers > 0)
         return (TrainLoader if train else DataLoader)(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=self.batch_size if train else self.eval_batch_size,
             sampler=order,
             # a ragged last batch adds a noisy step; drop it unless the split is that small: a
             # split of fewer than 2 batches keeps its short batch, so training never has 0 steps
             drop_last=train and len(dataset) >= 2 * self.batch_size,
             num_workers=workers,
+            multiprocessing_context=worker_start_method(workers),
             persistent_workers=workers > 0,
             pin_memory=on_cuda and not self.on_device,
             collate_fn=keep_batch,

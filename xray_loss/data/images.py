@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import multiprocessing
 import os
 import re
 import warnings
@@ -161,6 +162,15 @@ def _collate(items):
     return items
 
 
+def worker_start_method(num_workers: int) -> str | None:
+    """How DataLoader workers start: the platform's default, except in a job of joblib's
+    launcher (hydra/launcher=joblib), whose loky processes make ``loky`` the default, which
+    torch's workers cannot start with; there Linux's own ``fork`` (workers touch no CUDA)."""
+    if num_workers > 0 and multiprocessing.get_start_method(allow_none=True) == "loky":
+        return "fork"
+    return None
+
+
 def decode_all(
     files: Sequence[Path],
     image_size: int,
@@ -177,6 +187,7 @@ def decode_all(
         _DecodeDataset(files, image_size, resize),
         batch_size=32,
         num_workers=num_workers,
+        multiprocessing_context=worker_start_method(num_workers),
         collate_fn=_collate,
         generator=torch.Generator(),  # a private seed for the workers: the global RNG untouched
     )

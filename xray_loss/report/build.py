@@ -34,9 +34,8 @@ def make_report(
     for axis in compare or []:
         jobs[f"compare_{axis}"] = (axis, {}, "curves")
     present = columns([r.record for r in runs])
-    has_budgets = any(r.record.get("budgets") for r in runs)
     for name, (axis, prefer, kind) in jobs.items():
-        if kind == "budgets" and (axis in present or has_budgets):
+        if kind == "budgets" and axis in present:
             fig, data = budget_figure(runs, prefer)
         elif kind == "curves" and axis in present:
             fig, data = compare_figure(runs, axis, prefer)

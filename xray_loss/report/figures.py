@@ -126,20 +126,19 @@ def compare_figure(runs: list[Run], axis: str, prefer: dict[str, Any] | None = N
 
 
 def budget_points(runs: list[Run]) -> dict[int, list[dict[str, Any]]]:
-    """Per nominal epoch budget, the best-checkpoint test results of each run that had it:
-    a separate run of E epochs, or a budget E kept inside a longer run (``budgets=[...]``)."""
+    """Per nominal epoch budget, the best-checkpoint test results of each run of that many
+    epochs (a run with ``budgets=[...]`` was read as its shorter runs, report.runs)."""
     points: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for r in runs:
-        budgets = r.record.get("budgets") or {}
-        found = {int(k): v for k, v in budgets.items()} or {
-            int(r.config.get("epochs", 0)): {
+        points[int(r.config.get("epochs", 0))].append(
+            {
+                "seed": r.seed,
+                "run": r,
                 "test": r.record.get("test", {}),
                 "best_epoch": r.record.get("best_epoch"),
                 "epochs_trained": r.config.get("max_epochs"),
             }
-        }
-        for nominal, info in found.items():
-            points[nominal].append({"seed": r.seed, "run": r, **info})
+        )
     return dict(sorted(points.items()))
 
 

@@ -167,9 +167,10 @@ def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return curves
 
 
-def read_predictions(run_dir: Path) -> dict[str, np.ndarray] | None:
-    """labels, probs and (where known) patients of test_predictions.csv, in dataset order."""
-    path = run_dir / "test_predictions.csv"
+def read_predictions(run_dir: Path, suffix: str = "") -> dict[str, np.ndarray] | None:
+    """labels, probs and (where known) patients of test_predictions<suffix>.csv, in dataset
+    order (suffix ``_epoch010``: the best checkpoint within a 10-epoch budget)."""
+    path = run_dir / f"test_predictions{suffix}.csv"
     if not path.exists():
         return None
     with open(path) as f:
@@ -184,8 +185,47 @@ def read_predictions(run_dir: Path) -> dict[str, np.ndarray] | None:
     return out
 
 
+def budget_records(record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A run's record as the separate runs it stands for: one per epoch budget.
+
+    A run with ``budgets=[10,30,100]`` (``xray_loss.callbacks.EpochBudgets``) computed what
+    runs of 10, 30 and 100 epochs would have (constant lr, no scheduler: refused otherwise).
+    Each budget becomes the record of that shorter run: ``epochs``, ``trainer.max_epochs``,
+    best epoch, best val AUROC and test metrics of the budget, ``budgets`` empty; so a sweep
+    over ``epochs`` and one run with ``budgets`` group, aggregate and compare alike. Returns
+    ``[(predictions file suffix, record)]``; a run without budgets is itself, suffix "".
+    """
+    budgets = record.get("budgets") or {}
+    if not budgets:
+        return [("", record)]
+    out = []
+    for nominal, info in sorted(budgets.items(), key=lambda item: int(item[0])):
+        epochs = int(nominal)
+        config = {**record.get("config", {}), "epochs": epochs}
+        config["max_epochs"] = info["epochs_trained"]
+        configuration = dict(record.get("configuration") or {})
+        if configuration:
+            configuration.update(epochs=epochs, budgets="[]")
+            configuration["trainer.max_epochs"] = info["epochs_trained"]
+        virtual = {
+            **record,
+            "config": config,
+            "configuration": configuration,
+            "budgets": {},
+            "best_epoch": info["best_epoch"],
+            "best_val_auroc": info["best_val_auroc"],
+            "epochs_trained": info["epochs_trained"],
+            "val": {"val/auroc": info["best_val_auroc"]},
+            "test": info["test"],
+            "budget_of": f"{record.get('run_dir', '')} (budgets={sorted(map(int, budgets))})",
+        }
+        out.append((f"_epoch{epochs:03d}", virtual))
+    return out
+
+
 def load_runs(paths: list[Path]) -> tuple[list[Run], list[tuple[Path, str]]]:
-    """Completed runs under ``paths`` (run or sweep directories) and the skipped ones."""
+    """Completed runs under ``paths`` (run or sweep directories) and the skipped ones; a run
+    with epoch budgets counts as the shorter runs it stands for (:func:`budget_records`)."""
     runs, skipped = [], []
     found = sorted({p.parent for root in paths for p in Path(root).rglob("metrics.json")})
     for run_dir in found:
@@ -194,12 +234,16 @@ def load_runs(paths: list[Path]) -> tuple[list[Run], list[tuple[Path, str]]]:
         if status != "completed":
             skipped.append((run_dir, status))
             continue
-        run = Run(run_dir, record, read_curves(run_dir))
-        predictions = read_predictions(run_dir)
-        if predictions is not None:
-            run.labels, run.probs = predictions["labels"], predictions["probs"]
-            run.patients = predictions.get("patients")
-        runs.append(run)
+        curves = read_curves(run_dir)
+        for suffix, virtual in budget_records(record):
+            last = virtual.get("epochs_trained") or math.inf
+            kept = {tag: [(e, v) for e, v in c if e <= last] for tag, c in curves.items()}
+            run = Run(run_dir, virtual, kept)
+            predictions = read_predictions(run_dir, suffix)
+            if predictions is not None:
+                run.labels, run.probs = predictions["labels"], predictions["probs"]
+                run.patients = predictions.get("patients")
+            runs.append(run)
     return runs, skipped
 
 

@@ -23,7 +23,7 @@ import torch
 from torchmetrics.functional.classification import binary_auroc, binary_calibration_error
 
 from xray_loss.metrics import METRICS, REPEATS
-from xray_loss.report.runs import Run, columns, configurations, sort_key, value
+from xray_loss.report.runs import Run, budget_records, columns, configurations, sort_key, value
 
 ECE_BINS = 10  # the reliability diagram and the ECE in its legend use the same bins
 SUMMARY_KEYS = ("best_val_auroc", *(f"test_{m}" for m in METRICS))
@@ -70,8 +70,9 @@ def _metric(record: dict[str, Any], key: str) -> float:
 
 def summarise(records: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
     """One row per configuration of the completed records: its columns, n, and mean/std of
-    the best val AUROC and every test metric over its repeats (seeds, folds)."""
-    done = [r for r in records if r.get("status") == "completed"]
+    the best val AUROC and every test metric over its repeats (seeds, folds); a run with
+    epoch budgets counts as the shorter runs it stands for."""
+    done = [v for r in records if r.get("status") == "completed" for _, v in budget_records(r)]
     cols, groups = configurations(done)
     rows = []
     for head, members in groups:
