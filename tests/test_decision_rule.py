@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xray_loss.callbacks import confusion_figure
+from xray_loss.callbacks import confusion_figure, roc_figure
 from xray_loss.metrics import binary_metrics, decide, youden_threshold
 from xray_loss.module import XrayClassifier
 
@@ -76,3 +76,14 @@ def test_probabilities_are_float32_and_fine_grained_under_bf16_autocast():
     assert bf16.unique().numel() == fp32.unique().numel()
     # a bf16 head would leave a few hundred levels in [0.5, 1): the values must be finer
     assert (bf16 - fp32).abs().max() < 0.05
+
+
+def test_the_roc_figure_names_its_auroc_and_operating_point():
+    probs = torch.tensor([0.1, 0.4, 0.35, 0.8, 0.9, 0.2])
+    labels = torch.tensor([0, 0, 1, 1, 1, 0])
+    fig = roc_figure(probs, labels, 0.35)
+    ax = fig.axes[0]
+    # AUROC: 8 of the 9 (pneumonia, normal) pairs ranked right; at 0.35: 3/3 found, 1/3 false
+    assert ax.get_title() == "test ROC, AUROC 0.889 (n=6)"
+    (legend,) = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == "threshold 0.350: sens 1.00, spec 0.67"

@@ -11,7 +11,11 @@ import lightning as L
 import matplotlib
 import torch
 from lightning.pytorch.utilities import rank_zero_only
-from torchmetrics.functional.classification import binary_confusion_matrix, binary_roc
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_confusion_matrix,
+    binary_roc,
+)
 
 from xray_loss.dashboard import tensorboard_logger
 from xray_loss.metrics import decide
@@ -151,8 +155,9 @@ def confusion_figure(probs: torch.Tensor, labels: torch.Tensor, threshold: float
 
 
 def roc_figure(probs: torch.Tensor, labels: torch.Tensor, threshold: float):
-    """ROC curve with the operating point of the decision threshold marked."""
+    """ROC curve with its AUROC in the title and the decision threshold's operating point."""
     fpr, tpr, _ = binary_roc(probs, labels)
+    auroc = float(binary_auroc(probs, labels))
     pred = decide(probs, threshold)
     pos, neg = labels == 1, labels == 0
     op_tpr = float((pred & pos).sum() / pos.sum().clamp(min=1))
@@ -160,7 +165,9 @@ def roc_figure(probs: torch.Tensor, labels: torch.Tensor, threshold: float):
     fig, ax = plt.subplots(figsize=(3.6, 3.4), dpi=100)
     ax.plot(fpr.numpy(), tpr.numpy(), lw=1.5)
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
-    ax.scatter([op_fpr], [op_tpr], c="red", zorder=3, label=f"threshold {threshold:.2f}")
+    point = f"threshold {threshold:.3f}: sens {op_tpr:.2f}, spec {1 - op_fpr:.2f}"
+    ax.scatter([op_fpr], [op_tpr], c="red", zorder=3, label=point)
+    ax.set_title(f"test ROC, AUROC {auroc:.3f} (n={labels.numel()})", fontsize=9)
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
     ax.legend(loc="lower right", fontsize=8)
