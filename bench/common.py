@@ -33,3 +33,15 @@ def _commit() -> str:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "?"
+
+
+def job_costs(records: list[dict]) -> tuple[float, float]:
+    """(start-up s per job, s per epoch): wall = a + b * epochs, least squares over the jobs'
+    metrics.json records."""
+    xs = [r["epochs_trained"] for r in records]
+    ys = [r["wall_time_s"] for r in records]
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    var = sum((x - mx) ** 2 for x in xs)
+    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
+    return my - b * mx, b

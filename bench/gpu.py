@@ -43,7 +43,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine  # noqa: E402
+from bench.common import job_costs, machine  # noqa: E402
 from xray_loss.config import register_resolvers  # noqa: E402
 from xray_loss.data.phantom import generate_phantoms  # noqa: E402
 
@@ -219,13 +219,8 @@ def grid(
 
 def project(records: list[dict], scale_epochs: dict[int, int]) -> tuple[float, float, float]:
     """Fit wall = a + b * epochs over the jobs; project the unscaled grid's sequential time."""
-    xs = [r["epochs_trained"] for r in records]
-    ys = [r["wall_time_s"] for r in records]
-    n = len(xs)
-    mx, my = sum(xs) / n, sum(ys) / n
-    var = sum((x - mx) ** 2 for x in xs)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
-    a = my - b * mx
+    a, b = job_costs(records)
+    n = len(records)
     nominal = sum(scale_epochs.get(r["config"]["epochs"], r["config"]["epochs"]) for r in records)
     return a, b, a * n + b * nominal
 

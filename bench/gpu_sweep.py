@@ -39,7 +39,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine  # noqa: E402
+from bench.common import job_costs, machine  # noqa: E402
 from bench.gpu import ceiling, phantom_folder  # noqa: E402
 
 FULL_JOBS = {"today": 18, "fast": 6}  # per seed
@@ -80,14 +80,8 @@ def n_train(run_dir: Path) -> int:
 def project(jobs: list[dict], wall: float, mode: str) -> tuple[float, float, float, float]:
     """(per-job s, per-epoch s, concurrency, projected minutes for the full grid x 3 seeds):
     wall = a + b * epochs fitted over the slice's jobs."""
-    xs = [r["epochs_trained"] for r in jobs]
-    ys = [r["wall_time_s"] for r in jobs]
-    n = len(xs)
-    mx, my = sum(xs) / n, sum(ys) / n
-    var = sum((x - mx) ** 2 for x in xs)
-    b = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var if var else 0.0
-    a = my - b * mx
-    concurrency = sum(ys) / wall
+    a, b = job_costs(jobs)
+    concurrency = sum(r["wall_time_s"] for r in jobs) / wall
     full = SEEDS * (a * FULL_JOBS[mode] + b * FULL_EPOCHS[mode]) / concurrency
     return a, b, concurrency, full / 60
 
