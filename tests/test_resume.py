@@ -161,3 +161,63 @@ def test_resume_true_on_a_single_run_says_why_it_cannot(workdir):
     # and neither started a run
     assert [p.name for p in run.parent.iterdir()] == [run.name]
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "metrics.json"]
+
+
+def kill_at_step(proc: subprocess.Popen, root: Path, after: int, before: int) -> Path:
+    """SIGKILL the run once its resume.ckpt holds a step in (after, before)."""
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        newest = newest_checkpoint(root)
+        if newest is not None and newest.name == "resume.ckpt":
+            os.killpg(proc.pid, signal.SIGSTOP)
+            step = step_of(newest) if newest.exists() else -1
+            if after < step < before:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return newest
+            if step >= before:
+                os.killpg(proc.pid, signal.SIGKILL)
+                pytest.fail(f"the run passed step {before} before it could be killed")
+            os.killpg(proc.pid, signal.SIGCONT)
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (exit {proc.returncode}):\n{proc.stderr.read()[-3000:]}")
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail("no resume.ckpt within 240 s")
+
+
+def test_two_kills_in_one_epoch_with_worker_processes_end_as_a_run_without_workers(workdir):
+    # augmentation in 2 DataLoader worker processes, killed twice within the first epoch; the
+    # reference runs uninterrupted in the main process alone: every tensor must match
+    args = [
+        "debug=tiny",
+        "epochs=2",
+        "batch_size=16",
+        "threads=1",
+        "checkpoint_every_n_steps=2",
+        "data.augment.enabled=true",
+        "model.backbone.dropout=0.3",
+    ]
+    assert_ok(run_cli(*args, "data.num_workers=0", "name=reference", cwd=workdir))
+    workers = [*args, "data.num_workers=2"]
+    first = kill_at_step(start(workdir, *workers), workdir, 0, STEPS_PER_EPOCH // 2)
+    first_step = step_of(first)
+    second = kill_at_step(
+        start(workdir, *workers, "resume=true"), workdir, first_step, STEPS_PER_EPOCH
+    )
+    assert step_of(second) > first_step
+    assert_ok(run_cli(*workers, "resume=true", cwd=workdir))
+    (run,) = (workdir / "logs" / "train" / "runs").iterdir()
+    (ref_run,) = (workdir / "logs" / "reference" / "runs").iterdir()
+    record, ref = metrics(run), metrics(ref_run)
+    assert [Path(r["checkpoint"]).name for r in record["resumes"]] == ["resume.ckpt"] * 2
+    for key in ("best_epoch", "val", "test"):
+        assert record[key] == ref[key], key
+    got = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    want = torch.load(ref_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    for key, tensor in want["state_dict"].items():
+        assert torch.equal(got["state_dict"][key], tensor), key
+    for (name, a), (_, b) in zip(
+        _tensors(got["optimizer_states"]), _tensors(want["optimizer_states"]), strict=True
+    ):
+        assert torch.equal(a, b), f"optimizer state {name}"

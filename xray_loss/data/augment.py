@@ -4,10 +4,14 @@ Two implementations of the same recipe (small rotation, mild random resized crop
 brightness/contrast jitter, optional horizontal flip), chosen by where the data lives:
 
 - ``sample_augment``: torchvision transforms v2, applied to each image as it is fetched (in
-  DataLoader workers when ``data.num_workers > 0``). The CPU path.
+  DataLoader workers when ``data.num_workers > 0``) by :func:`augment_image`. The CPU path.
 - ``BatchAugment``: the same parameters drawn per sample but applied to a whole batch at once
   with one ``affine_grid``/``grid_sample``, for data kept on the GPU (``data.on_device``), where a
   Python loop over images would cost more than the training step.
+
+Either way an image's draws come from its own generator, seeded by (seed, epoch, index)
+(``xray_loss.data.order.sample_seed``), never from a process's global RNG: augmentation is a
+pure function of those three, whatever the workers, their number or a resume.
 
 Horizontal flip is off by default: the heart sits on the patient's left, so a flipped chest is
 not a plausible radiograph.
@@ -59,6 +63,14 @@ def sample_augment(cfg: AugmentConfig, image_size: int) -> v2.Compose | None:
     return v2.Compose(steps)
 
 
+def augment_image(transform: v2.Compose, image: torch.Tensor, seed: int) -> torch.Tensor:
+    """``transform(image)`` with its random draws seeded by ``seed`` alone; the process's global
+    RNG is left as it was (torchvision v2 draws from it)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return transform(image)
+
+
 class BatchAugment(nn.Module):
     """Per-sample random affine + brightness/contrast on a batch, on whatever device it lives.
 
@@ -69,30 +81,38 @@ class BatchAugment(nn.Module):
         super().__init__()
         self.cfg = cfg
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, seeds: list[int] | None = None) -> torch.Tensor:
+        """``seeds``: one per image, its draws' generator (None: the global RNG)."""
         cfg = self.cfg
         x = x.float() / 255.0 if x.dtype == torch.uint8 else x
         n, dev = x.shape[0], x.device
+        if seeds is None:
+            draws = torch.rand(n, 7)
+        else:
+            draws = torch.stack(
+                [torch.rand(7, generator=torch.Generator().manual_seed(s)) for s in seeds]
+            )
+        draws = draws.to(dev)
 
-        def uniform(lo: float, hi: float) -> torch.Tensor:
-            return torch.empty(n, device=dev).uniform_(lo, hi)
+        def uniform(column: int, lo: float, hi: float) -> torch.Tensor:
+            return lo + (hi - lo) * draws[:, column]
 
-        angle = uniform(-cfg.rotation, cfg.rotation) * (math.pi / 180.0)
+        angle = uniform(0, -cfg.rotation, cfg.rotation) * (math.pi / 180.0)
         # RandomResizedCrop with aspect ~1: a crop of side sqrt(area) placed anywhere inside
-        side = torch.sqrt(uniform(cfg.crop_scale, 1.0))
-        tx = uniform(-1.0, 1.0) * (1.0 - side)
-        ty = uniform(-1.0, 1.0) * (1.0 - side)
+        side = torch.sqrt(uniform(1, cfg.crop_scale, 1.0))
+        tx = uniform(2, -1.0, 1.0) * (1.0 - side)
+        ty = uniform(3, -1.0, 1.0) * (1.0 - side)
         flip = torch.ones(n, device=dev)
         if cfg.hflip:
-            flip = torch.where(torch.rand(n, device=dev) < 0.5, -1.0, 1.0)
+            flip = torch.where(draws[:, 4] < 0.5, -1.0, 1.0)
         cos, sin = torch.cos(angle) * side, torch.sin(angle) * side
         theta = torch.stack(
             [torch.stack([cos * flip, -sin, tx], 1), torch.stack([sin * flip, cos, ty], 1)], 1
         )
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        bright = uniform(1 - cfg.brightness, 1 + cfg.brightness).view(n, 1, 1, 1)
-        contrast = uniform(1 - cfg.contrast, 1 + cfg.contrast).view(n, 1, 1, 1)
+        bright = uniform(5, 1 - cfg.brightness, 1 + cfg.brightness).view(n, 1, 1, 1)
+        contrast = uniform(6, 1 - cfg.contrast, 1 + cfg.contrast).view(n, 1, 1, 1)
         x = x * bright
         mean = x.mean(dim=(1, 2, 3), keepdim=True)
         return ((x - mean) * contrast + mean).clamp_(0.0, 1.0)

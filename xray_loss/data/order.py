@@ -1,102 +1,98 @@
-"""The order of the training split, resumable at any batch: the sampler and DataLoader that
-``XrayDataModule.train_dataloader`` builds (``xray_loss.data.base``)."""
+"""The training split's order and augmentation draws, as pure functions of (seed, epoch, image).
+
+Nothing here depends on worker processes, their number, or what ran before in the process: the
+permutation of epoch ``e`` is drawn from a generator seeded by ``(seed, e)``, and every sample
+is handed to the dataset as a :class:`SampleKey` ``(index, epoch)``, from which the dataset
+seeds that image's augmentation (:func:`sample_seed`). So a run resumed anywhere, a run with
+``data.num_workers=0`` and one with ``2`` see the same batches, augmented the same way.
+
+``XrayDataModule.train_dataloader`` (``xray_loss.data.base``) builds the sampler and loader.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+_MASK = (1 << 64) - 1
+
+
+def sample_seed(*values: int) -> int:
+    """A 63-bit seed mixed from integers (splitmix64 over each), well spread for nearby inputs:
+    ``sample_seed(seed, epoch)`` and ``sample_seed(seed, epoch, index)`` never collide in
+    practice, unlike ``seed + epoch`` (seed 1 epoch 0 = seed 0 epoch 1)."""
+    state = 0x9E3779B97F4A7C15
+    for value in values:
+        state = (state ^ (int(value) & _MASK)) * 0xBF58476D1CE4E5B9 & _MASK
+        state = (state ^ (state >> 27)) * 0x94D049BB133111EB & _MASK
+        state ^= state >> 31
+    return state >> 1
+
+
+class SampleKey(NamedTuple):
+    """One training sample as the sampler hands it out: the dataset index and the epoch."""
+
+    index: int
+    epoch: int
+
 
 class TrainOrder(DistributedSampler):
-    """The order of the training split, epoch by epoch, resumable at any batch.
+    """The order of the training split, epoch by epoch, one shard per DDP rank, resumable at
+    any batch.
 
-    One process: the order ``DataLoader(shuffle=True, generator=manual_seed(seed))`` gave before
-    (a permutation per epoch from one generator, after the draw that loader took for its workers'
-    base seed: every epoch, or only the first when workers persist), so runs are unchanged.
-    DDP: ``DistributedSampler``'s order (``seed + epoch``), the one Lightning injected before; a
-    DistributedSampler already, it is left in place.
-
-    ``state_dict(consumed)`` says where the epoch stands; after ``load_state_dict`` the next
-    iteration draws the same permutation and skips what was consumed. An epoch's order depends
-    on the epoch number alone (Lightning sets it), so a run resumed at an epoch's end, where
-    Lightning restores no loader state, gets the next epoch's order as well. (The global RNG
-    states, for augmentation and dropout, are the checkpoint's too: ``ResumeCheckpoint``.)
+    Epoch ``e`` is ``randperm(n)`` from a generator seeded by ``sample_seed(seed, e)``, padded to
+    a multiple of the ranks and dealt out ``rank::num_replicas`` (as ``DistributedSampler``
+    does). Lightning calls ``set_epoch``. ``state_dict(consumed)`` records the epoch and how many
+    of its samples this rank has consumed, counted from the epoch's start even across several
+    resumes within it; after ``load_state_dict`` the next iteration skips them. (A
+    ``DistributedSampler`` by class, so that Lightning leaves it in place under DDP.)
     """
 
-    def __init__(
-        self,
-        dataset: Dataset,
-        seed: int,
-        num_replicas: int = 1,
-        rank: int = 0,
-        persistent_workers: bool = False,
-    ) -> None:
-        super().__init__(
-            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=False
-        )
-        self.persistent_workers = persistent_workers
-        self.generator = torch.Generator().manual_seed(int(seed))
-        self._drawn = 0  # permutations drawn (one process)
-        self._before = self.generator.get_state()  # the generator before the last one was drawn
+    def __init__(self, dataset: Dataset, seed: int, num_replicas: int = 1, rank: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
+        self.size = len(dataset)
+        self.start = 0  # samples of the epoch skipped by the iteration under way (a resume)
         self._skip: tuple[int, int] | None = None  # (epoch, samples to skip) after a resume
 
-    def _draw(self) -> list[int]:
-        self._before = self.generator.get_state()
-        if self._drawn == 0 or not self.persistent_workers:
-            # the int64 a DataLoader draws from its generator as its workers' base seed
-            torch.empty((), dtype=torch.int64).random_(generator=self.generator)
-        self._drawn += 1
-        return torch.randperm(len(self.dataset), generator=self.generator).tolist()
+    def permutation(self, epoch: int) -> list[int]:
+        """This rank's indices for ``epoch``, in order."""
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch))
+        order = torch.randperm(self.size, generator=generator).tolist()
+        total = self.num_samples * self.num_replicas
+        order += (order * math.ceil(total / self.size))[: total - self.size]  # DDP padding
+        return order[self.rank : total : self.num_replicas]
 
-    def __iter__(self) -> Iterator[int]:
-        if self._skip is not None and self._skip[1] >= self.num_samples:
-            if self._skip[0] == self.epoch:  # resumed at the end of this epoch: nothing left
-                self._skip = None
-                return
-            self._skip = None
-        if self.num_replicas > 1:
-            order, epoch = list(super().__iter__()), self.epoch
-        else:
-            # at least one new permutation per iteration (also without set_epoch), and up to the
-            # epoch Lightning set
-            order = self._draw()
-            while self._drawn <= self.epoch:
-                order = self._draw()
-            epoch = self._drawn - 1
+    def __iter__(self) -> Iterator[SampleKey]:
+        epoch = self.epoch
         skip = self._skip[1] if self._skip is not None and self._skip[0] == epoch else 0
         self._skip = None
-        yield from order[skip:]
-        if self.num_replicas == 1:
-            # read past its end, RandomSampler drew one more (empty) permutation slice
-            torch.randperm(len(self.dataset), generator=self.generator)
+        self.start = skip
+        if skip >= self.num_samples:  # resumed at the end of this very epoch: nothing left
+            return
+        for index in self.permutation(epoch)[skip:]:
+            yield SampleKey(index, epoch)
 
     def state_dict(self, consumed: int) -> dict[str, Any]:
-        """Where the current epoch stands after ``consumed`` of its samples."""
-        state: dict[str, Any] = {"epoch": self.epoch, "consumed": consumed}
-        if self.num_replicas == 1:
-            state["epoch"] = self._drawn - 1
-            state["generator"] = self._before  # to draw this epoch's permutation again
-            state["generator_after"] = self.generator.get_state()  # to go on with the next
-        return state
+        """Where the epoch stands after ``consumed`` of its samples, from the epoch's start."""
+        return {"epoch": self.epoch, "consumed": min(int(consumed), self.num_samples)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         epoch, consumed = int(state["epoch"]), int(state["consumed"])
-        done = consumed >= self.num_samples
-        if self.num_replicas == 1 and epoch >= 0:
-            self.generator.set_state(state["generator_after" if done else "generator"])
-            self._drawn = epoch + 1 if done else epoch
-        self._skip = (epoch, min(consumed, self.num_samples)) if consumed > 0 else None
+        # a complete epoch skips everything if Lightning enters that epoch again, and nothing
+        # of the next one
+        self._skip = (epoch, consumed) if consumed > 0 else None
 
 
 class TrainLoader(DataLoader):
     """The training DataLoader, stateful for Lightning: a checkpoint taken within an epoch
-    stores how far it got (batches handed to the training loop), and a fit resumed from it goes
-    on with the next batch (see ``TrainOrder``)."""
+    stores how far the epoch got (samples handed to the training loop since the epoch began),
+    and a fit resumed from it goes on with the next batch (see ``TrainOrder``)."""
 
-    _consumed = 0
+    _consumed = 0  # batches handed out by the current iteration
 
     def __iter__(self) -> Iterator[Any]:
         self._consumed = 0
@@ -108,8 +104,9 @@ class TrainLoader(DataLoader):
         sampler = self.sampler
         if not isinstance(sampler, TrainOrder):  # replaced by Lightning (overfit_batches)
             return {}
-        done = self._consumed >= len(self)
-        consumed = sampler.num_samples if done else self._consumed * int(self.batch_size)
+        batches = sampler.start // int(self.batch_size) + self._consumed
+        done = batches >= len(self)  # (a dropped ragged batch counts as consumed)
+        consumed = sampler.num_samples if done else batches * int(self.batch_size)
         return {"order": sampler.state_dict(consumed)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
