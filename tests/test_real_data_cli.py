@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import shutil
 
 import pytest
 import torch
 
 from tests.conftest import assert_ok, metrics, run_cli, run_dirs
-from tests.fixtures import make_kermany, make_pneumoniamnist
+from tests.fixtures import make_kermany, make_labeled_folder, make_pneumoniamnist
 
 pytestmark = pytest.mark.slow
 
@@ -114,3 +115,50 @@ def test_cold_and_warm_cache_runs_end_identical_and_matched_twins_agree_on_a_col
     with open(runs["twin"] / "test_predictions.csv") as f:
         b = [float(r["prob"]) for r in csv.DictReader(f)]
     assert max(abs(x - y) for x, y in zip(a, b, strict=True)) < 2e-5
+
+
+def test_eval_scores_exactly_the_runs_test_images_and_refuses_others(workdir):
+    # val/ chooses the threshold (threshold.source=folder), and train/ holds copies of two of
+    # its images, which the run drops; the test split is carved out of train/
+    root = make_kermany(workdir / "chest_xray", test=False)
+    make_labeled_folder(root / "val", n_normal=4, n_pneumonia=4)
+    for i, copy in enumerate(sorted((root / "val" / "PNEUMONIA").iterdir())[:2]):
+        shutil.copy(copy, root / "train" / "PNEUMONIA" / f"person{700 + i}_virus_{700 + i}.jpeg")
+    args = [
+        "data=kermany",
+        f"data.root={root}",
+        "data.test_fraction=0.25",
+        "data.image_size=32",
+        "data.num_workers=0",
+        "threshold.source=folder",
+        "threshold.rule=youden",
+        "epochs=2",
+        *SMALL,
+    ]
+    assert_ok(run_cli(*args, cwd=workdir))
+    (run,) = run_dirs(workdir / "logs" / "train")
+    ckpt = next((run / "checkpoints").glob("best-*.ckpt"))
+    evaluated = run_cli(f"ckpt_path={ckpt}", module="xray_loss.eval", cwd=workdir)
+    assert_ok(evaluated)
+    (out,) = [p.parent for p in (workdir / "logs" / "eval").rglob("metrics.json")]
+    recorded, again = metrics(run)["test"], metrics(out)["test"]
+    for name, value in recorded.items():
+        if not name.startswith("test/confusion"):
+            assert again[name] == pytest.approx(value, abs=1e-6), name
+    with open(run / "test_predictions.csv") as f:
+        trained_rows = list(csv.DictReader(f))
+    with open(out / "test_predictions.csv") as f:
+        eval_rows = list(csv.DictReader(f))
+    assert [r["file"] for r in eval_rows] == [r["file"] for r in trained_rows]
+    for a, b in zip(eval_rows, trained_rows, strict=True):
+        assert a["label"] == b["label"]
+        assert float(a["prob"]) == pytest.approx(float(b["prob"]), abs=1e-6)
+    # the data on disk changes: one test image is replaced by another picture
+    with open(run / "split.csv") as f:
+        tested = [r["file"] for r in csv.DictReader(f) if r["split"] == "test"]
+    victim = root / tested[0]
+    other = sorted((root / "val" / "NORMAL").iterdir())[0]
+    shutil.copy(other, victim)
+    refused = run_cli(f"ckpt_path={ckpt}", module="xray_loss.eval", cwd=workdir)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "is not the one" in refused.stderr and tested[0] in refused.stderr

@@ -4,7 +4,10 @@
     python -m xray_loss.eval ckpt_path=... data=kermany data.root=/data/chest_xray
     python -m xray_loss.eval ckpt_path=... recalibrate=/site/labeled [threshold=sens@0.95]
 
-The model and, unless overridden, the data config come from the checkpoint. The decision
+The model and, unless overridden, the data config come from the checkpoint; then eval scores
+exactly the images the run was tested on (the checkpoint records each one's name, label and
+content digest) and refuses, naming the difference, when the data on disk no longer holds
+them. The decision
 threshold is the one stored with it, so the test metrics reproduce those of the training run's
 metrics.json, unless a recalibrated operating point lies beside the checkpoint
 (``<ckpt>.operating_point.json``, written by ``recalibrate=``), which then applies. Writes
@@ -33,12 +36,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from xray_loss.callbacks import TestReport
 from xray_loss.config import ConfigError, quote_path_overrides, setup_process
+from xray_loss.data.base import split_difference
 from xray_loss.data.kermany_layout import read_labeled_folder
 from xray_loss.inference import load_classifier, run_config
 from xray_loss.inference import operating_point as applied_operating_point
 from xray_loss.metrics import binary_metrics
 from xray_loss.record import RunRecord, write_json_atomic
-from xray_loss.threshold import describe, operating_point, parse_rule, sidecar_path
+from xray_loss.threshold import SOURCES, describe, operating_point, parse_rule, sidecar_path
 
 log = logging.getLogger("xray_loss.eval")
 EXAMPLE = "python -m xray_loss.eval ckpt_path=logs/train/runs/<run>/checkpoints/best-epoch011.ckpt"
@@ -61,8 +65,35 @@ def data_config(cfg: DictConfig, trained: dict[str, Any], out: Path) -> dict[str
     if "split_csv" in data:
         data["split_csv"] = str(out / "split.csv")  # never overwrite the training run's split
     data["augment"] = {**data.get("augment", {}), "enabled": False}
-    data["calibration"] = "carveout"  # the threshold is the checkpoint's: nothing to choose
+    # the threshold is the checkpoint's: nothing to choose. But the run's own source decides
+    # which folders the splits are built from (Kermany's val/ as the threshold's sample drops
+    # train/ copies of its images), so it stays unless it is a folder of its own
+    if cfg.get("data") or data.get("calibration", "carveout") not in SOURCES:
+        data["calibration"] = "carveout"
     return data
+
+
+def check_split(ckpt_path: str, datamodule, split: str) -> None:
+    """Refuse to score anything but the images the training run scored as ``split``."""
+    checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    recorded = (checkpoint.get(type(datamodule).__qualname__) or {}).get("splits", {}).get(split)
+    if recorded is None:
+        log.warning(
+            "%s records no %s split (written before xray_loss stored it): the images tested now "
+            "cannot be checked against the run's",
+            ckpt_path,
+            split,
+        )
+        return
+    difference = split_difference(recorded, datamodule.identity(split))
+    if difference:
+        raise ConfigError(
+            f"The {split} split found now is not the one {ckpt_path} was tested on: {difference}. "
+            f"eval scores exactly the images the training run scored; restore the data it used "
+            f"(its run directory's split.csv lists real-data splits), or test on other data on "
+            f"purpose with data=... (no check then)."
+        )
+    log.info("%s split: the %d images the run was tested on", split, len(recorded["files"]))
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -80,6 +111,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         return recalibrate(cfg, model, out)
     trained = run_config(model)
     datamodule = instantiate(data_config(cfg, trained, out))
+    if not cfg.get("data"):  # the run's own data: exactly the images it was tested on
+        check_split(cfg.ckpt_path, datamodule, cfg.split)
     # the training run's precision on a GPU (bf16-mixed there), so its metrics reproduce
     on_gpu = cfg.accelerator != "cpu" and torch.cuda.is_available()
     precision = trained.get("trainer", {}).get("precision", "32-true") if on_gpu else "32-true"

@@ -8,6 +8,7 @@ the same way. Images stay uint8 until they reach the model, which scales and nor
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -18,9 +19,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from xray_loss.data.augment import AugmentConfig, BatchAugment, sample_augment
+from xray_loss.data.augment import AugmentConfig, BatchAugment, augment_image, sample_augment
 from xray_loss.data.images import worker_start_method
-from xray_loss.data.order import TrainLoader, TrainOrder
+from xray_loss.data.order import SampleKey, TrainLoader, TrainOrder, sample_seed
 
 log = logging.getLogger(__name__)
 
@@ -39,13 +40,16 @@ class Split:
     ``images`` is a tensor, or an object indexed like one (``ArrayImages`` over the cache,
     ``FileImages`` decoding per access) that also has ``shape`` and ``to(device)``.
     ``files`` and ``patients`` name each image where the source knows them (test predictions
-    carry them, and the report's bootstrap resamples patients rather than images).
+    carry them, and the report's bootstrap resamples patients rather than images); ``hashes``
+    are the files' content digests where the source read them (else :meth:`identity` digests
+    the decoded images).
     """
 
     images: Any
     labels: torch.Tensor
     files: list[str] | None = None
     patients: list[str] | None = None
+    hashes: list[str] | None = None
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -53,17 +57,61 @@ class Split:
     def class_counts(self) -> list[int]:
         return torch.bincount(self.labels, minlength=2).tolist()
 
+    def identity(self) -> dict[str, list]:
+        """What the split holds, image by image: name (the file, else its position), label and
+        content digest. A checkpoint stores it, so eval can test on exactly these images."""
+        hashes = self.hashes
+        if hashes is None:
+            hashes = [
+                hashlib.sha1(self.images[i].cpu().contiguous().numpy().tobytes()).hexdigest()
+                for i in range(len(self))
+            ]
+        names = self.files if self.files is not None else [str(i) for i in range(len(self))]
+        return {"files": list(names), "labels": self.labels.tolist(), "hashes": list(hashes)}
+
+
+KEYS = ("files", "hashes", "labels")
+
+
+def split_difference(recorded: dict[str, list], found: dict[str, list]) -> str:
+    """How two ``Split.identity`` records differ, in words ('' when they hold the same images,
+    in the same order, with the same labels)."""
+    if recorded == found:
+        return ""
+    old = {f: (h, y) for f, h, y in zip(*(recorded[k] for k in KEYS), strict=True)}
+    new = {f: (h, y) for f, h, y in zip(*(found[k] for k in KEYS), strict=True)}
+
+    def listing(names: list[str]) -> str:
+        shown = ", ".join(names[:5])
+        return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+    parts = []
+    for what, names in (
+        ("missing", [f for f in old if f not in new]),
+        ("new", [f for f in new if f not in old]),
+        ("with other contents", [f for f in old if f in new and new[f][0] != old[f][0]]),
+        ("with another label", [f for f in old if f in new and new[f][1] != old[f][1]]),
+    ):
+        if names:
+            parts.append(f"{len(names)} image(s) {what} ({listing(names)})")
+    if not parts:
+        parts.append("the same images in another order")
+    return "; ".join(parts)
+
 
 class ImageTensorDataset(Dataset):
     """Indexes a ``Split``; fetches a whole batch at once through ``__getitems__``.
 
     A batch is (images, labels, indices): the dataset indices let evaluation count every image
-    exactly once when a distributed sampler pads the split with repeats.
+    exactly once when a distributed sampler pads the split with repeats. The training sampler
+    hands out ``SampleKey(index, epoch)``: each image is augmented under its own seed,
+    ``sample_seed(seed, epoch, index)``, the same in any worker process.
     """
 
-    def __init__(self, split: Split, transform=None) -> None:
+    def __init__(self, split: Split, transform=None, seed: int = 0) -> None:
         self.split = split
         self.transform = transform
+        self.seed = int(seed)
 
     def __len__(self) -> int:
         return len(self.split)
@@ -72,11 +120,23 @@ class ImageTensorDataset(Dataset):
         images, labels, index = self.__getitems__([i])
         return images[0], labels[0], index[0]
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitems__(
+        self, keys: list[int] | list[SampleKey]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        indices = [int(k.index) if isinstance(k, SampleKey) else int(k) for k in keys]
         index = torch.as_tensor(indices, device=self.split.labels.device)
         images = self.split.images[index]
         if self.transform is not None:
-            images = torch.stack([self.transform(img) for img in images])
+            seeds = [
+                sample_seed(self.seed, k.epoch, k.index) if isinstance(k, SampleKey) else None
+                for k in keys
+            ]
+            images = torch.stack(
+                [
+                    augment_image(self.transform, img, s) if s is not None else self.transform(img)
+                    for img, s in zip(images, seeds, strict=True)
+                ]
+            )
         return images, self.split.labels[index], index
 
 
@@ -113,6 +173,7 @@ class XrayDataModule(L.LightningDataModule):
         self.on_device_option = on_device
         self.seed = int(seed)
         self.splits: dict[str, Split] | None = None
+        self._identities: dict[str, dict] = {}
         self.on_device = False
         self._batch_augment: BatchAugment | None = None
 
@@ -239,6 +300,30 @@ class XrayDataModule(L.LightningDataModule):
         free, _ = torch.cuda.mem_get_info(device)
         return need < 0.4 * free
 
+    def identity(self, name: str) -> dict[str, list]:
+        """``Split.identity`` of split ``name``, computed once."""
+        if name not in self._identities:
+            if self.splits is None:
+                self.setup("test")
+            self._identities[name] = self.splits[name].identity()
+        return self._identities[name]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Stored in every checkpoint (Lightning's datamodule state): the images of the val and
+        test splits, so that ``python -m xray_loss.eval`` tests on exactly those."""
+        if self.splits is None:
+            return {}
+        return {"splits": {name: self.identity(name) for name in ("val", "test")}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """A resumed fit goes on with whatever data it finds; a changed split is named."""
+        for name, recorded in state.get("splits", {}).items():
+            difference = split_difference(recorded, self.identity(name))
+            if difference:
+                log.warning(
+                    "the %s split differs from the one in the checkpoint: %s", name, difference
+                )
+
     @property
     def class_counts(self) -> list[int]:
         """[n_normal, n_pneumonia] of the training split (feeds pos_weight/class_weights auto)."""
@@ -250,13 +335,13 @@ class XrayDataModule(L.LightningDataModule):
         transform = None
         if train and not self.on_device:
             transform = sample_augment(self.augment_cfg, self.splits[split].images.shape[-1])
-        dataset = ImageTensorDataset(self.splits[split], transform)
+        dataset = ImageTensorDataset(self.splits[split], transform, self.seed)
         workers = 0 if self.on_device else self.num_workers
         on_cuda = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         order = None
         if train:  # shuffled, one shard per DDP rank, resumable mid-epoch
             replicas, rank = (1, 0) if self.trainer is None else self._replicas()
-            order = TrainOrder(dataset, self.seed, replicas, rank, persistent_workers=workers > 0)
+            order = TrainOrder(dataset, self.seed, replicas, rank)
         return (TrainLoader if train else DataLoader)(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
@@ -269,7 +354,8 @@ class XrayDataModule(L.LightningDataModule):
             persistent_workers=workers > 0,
             pin_memory=on_cuda and not self.on_device,
             collate_fn=keep_batch,
-            # the workers' base seed (the order has its own generator, seeded alike)
+            # the workers' base seed, drawn from this generator rather than the global RNG
+            # (which dropout draws from); augmentation does not use it (SampleKey)
             generator=torch.Generator().manual_seed(self.seed) if train else None,
         )
 
@@ -294,6 +380,8 @@ class XrayDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if self._batch_augment is not None and self.trainer is not None and self.trainer.training:
-            images, *rest = batch
-            return (self._batch_augment(images), *rest)
+            images, labels, index = batch
+            epoch = self.trainer.current_epoch
+            seeds = [sample_seed(self.seed, epoch, i) for i in index.tolist()]
+            return self._batch_augment(images, seeds), labels, index
         return batch

@@ -169,6 +169,7 @@ class KermanyDataModule(XrayDataModule):
                 labels,
                 files=[display_path(files[i].path.relative_to(root)) for i in positions],
                 patients=[files[i].patient for i in positions],
+                hashes=[hashes[i] for i in positions],
             )
         return splits
 
