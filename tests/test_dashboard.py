@@ -87,7 +87,8 @@ def test_hparams_table_shows_the_swept_values_and_every_status(tensorboard):
     experiment = _get(f"{tensorboard}/data/plugin/hparams/experiment", {"experimentName": ""})
     infos = {h["name"]: h for h in experiment["hparamInfos"]}
     differing = [h["name"] for h in experiment["hparamInfos"] if h.get("differs")]
-    assert differing == ["loss", "lr", "status"]  # the sweep's axes, then the run's status
+    # the sweep's axes, then the run's status and why its training stopped
+    assert differing == ["loss", "lr", "status", "stopped_by"]
     assert infos["lr"]["domainDiscrete"] == ["0.001", "10"]
     assert infos["loss"]["domainDiscrete"] == ["bce", "ce"]
     metric_tags = [m["name"]["tag"] for m in experiment["metricInfos"]]

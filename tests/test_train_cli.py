@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from tests.conftest import TINY, assert_ok, metrics, run_cli, run_dirs
+from tests.conftest import ROOT, TINY, assert_ok, metrics, run_cli, run_dirs
 from xray_loss.module import XrayClassifier
 
 pytestmark = pytest.mark.slow
@@ -168,3 +169,38 @@ def test_val_metrics_use_the_threshold_the_test_metrics_use(workdir):
         assert metrics(evaluated)["test"][f"test/{name}"] == pytest.approx(
             record["val"][f"val/{name}"], abs=1e-6
         ), name
+
+
+def test_a_run_stopped_by_the_clock_says_so_and_counts_complete_epochs_only(workdir):
+    proc = run_cli(*TINY, "epochs=500", "+trainer.max_time=00:00:00:05", cwd=workdir)
+    assert_ok(proc)
+    (run,) = run_dirs(workdir / "logs")
+    record = metrics(run)
+    assert record["status"] == "completed" and record["stopped_by"] == "max_time"
+    steps_per_epoch = 256 // 64  # debug=tiny
+    assert 0 < record["epochs_trained"] < 500
+    assert record["epochs_trained"] == record["steps"] // steps_per_epoch  # a cut epoch: not
+    assert hparams_of(events(run))["stopped_by"] == "max_time"  # marked in HParams
+    # without a clock: every epoch, and the record says why it ended
+    assert_ok(run_cli(*TINY, "epochs=2", "name=plain", cwd=workdir))
+    (plain,) = run_dirs(workdir / "logs" / "plain")
+    assert metrics(plain)["stopped_by"] == "max_epochs" and metrics(plain)["epochs_trained"] == 2
+
+
+def test_a_run_that_diverges_late_keeps_the_budgets_it_passed(workdir):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "XRAY_LOSS_CACHE": str(workdir)}
+    late = ["+callbacks.late._target_=late_divergence.DivergeAt", "+callbacks.late.epoch=3"]
+    proc = subprocess.run(
+        [sys.executable, "-m", "xray_loss.train", *TINY, "epochs=4", "budgets=[1,2,4]", *late],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode != 0 and "injected in epoch 3" in proc.stderr
+    (run,) = run_dirs(workdir / "logs")
+    record = metrics(run)
+    assert record["status"] == "diverged" and record["stopped_by"] == "diverged"
+    assert set(record["budgets"]) == {"1", "2"}  # what separate 1- and 2-epoch runs report
+    assert record["budgets"]["2"]["test"]["test/auroc"] > 0

@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning as L
 import matplotlib
 import torch
+from lightning.pytorch.callbacks import EarlyStopping, Timer
 from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics.functional.classification import (
     binary_auroc,
@@ -68,6 +69,29 @@ class DivergenceGuard(L.Callback):
                 f"Training diverged: the loss {what} in epoch {trainer.current_epoch} "
                 f"(step {trainer.global_step}). Lower the learning rate (lr={_lr(trainer)})."
             )
+
+
+def fit_end(trainer: L.Trainer) -> tuple[str, int]:
+    """Why ``trainer.fit`` returned (``xray_loss.record.STOP_REASONS``) and how many epochs it
+    completed. Lightning's ``current_epoch`` also counts an epoch that ``max_time`` (or
+    ``max_steps``) cut short; such an epoch is not counted here."""
+    complete = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+    epochs = trainer.current_epoch if complete or trainer.global_step == 0 else max(
+        0, trainer.current_epoch - 1
+    )
+    max_epochs = trainer.max_epochs if trainer.max_epochs is not None else math.inf
+    timers = [c for c in trainer.callbacks if isinstance(c, Timer)]
+    if complete and trainer.current_epoch >= max_epochs:
+        reason = "max_epochs"
+    elif any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in trainer.callbacks):
+        reason = "early_stopping"
+    elif any((t.time_remaining() or 1.0) <= 0 for t in timers):
+        reason = "max_time"
+    elif trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps:
+        reason = "max_steps"
+    else:
+        reason = "should_stop"  # another callback set trainer.should_stop
+    return reason, epochs
 
 
 def _lr(trainer: L.Trainer) -> str:

@@ -27,6 +27,7 @@ from torch.utils.tensorboard.summary import scalar
 from torch.utils.tensorboard.writer import FileWriter
 
 from xray_loss.metrics import AXES, HPARAM_METRICS
+from xray_loss.record import STATUSES, STOP_REASONS
 from xray_loss.report.runs import format_value, sort_key
 
 
@@ -111,13 +112,16 @@ def hparam_values(record: dict[str, Any]) -> dict[str, str]:
     values = {k: format_value(v) for k, v in (record.get("configuration") or {}).items()}
     values.update({k: format_value(v) for k, v in (record.get("config") or {}).items()})
     values["status"] = str(record.get("status"))
+    if record.get("stopped_by"):  # max_time: fewer epochs than nominal, marked in the table
+        values["stopped_by"] = str(record["stopped_by"])
     return values
 
 
 def experiment_summary(axes: dict[str, list[str]], record: dict[str, Any] | None = None) -> Summary:
     """The HParams experiment: the swept ``axes`` (with their values, for filtering) first and
-    marked as differing, so they are the columns TensorBoard shows; then the run's status and
-    the other named axes (hidden until chosen)."""
+    marked as differing, so they are the columns TensorBoard shows; then the run's status, why
+    its training stopped (``max_time``: fewer epochs than nominal) and the other named axes
+    (hidden until chosen)."""
     infos = []
     for name, domain in axes.items():
         infos.append(
@@ -131,17 +135,18 @@ def experiment_summary(axes: dict[str, list[str]], record: dict[str, Any] | None
             )
         )
     shown = set(axes)
-    statuses = ["completed", "diverged", "failed", "pruned"]
-    infos.append(
-        api_pb2.HParamInfo(
-            name="status",
-            type=api_pb2.DataType.DATA_TYPE_STRING,
-            domain_discrete=struct_pb2.ListValue(
-                values=[struct_pb2.Value(string_value=s) for s in statuses]
-            ),
-            differs=True,
+    ended = (("status", [s for s in STATUSES if s != "running"]), ("stopped_by", STOP_REASONS))
+    for name, domain in ended:
+        infos.append(
+            api_pb2.HParamInfo(
+                name=name,
+                type=api_pb2.DataType.DATA_TYPE_STRING,
+                domain_discrete=struct_pb2.ListValue(
+                    values=[struct_pb2.Value(string_value=s) for s in domain]
+                ),
+                differs=True,
+            )
         )
-    )
     for name in AXES:
         if name not in shown:
             infos.append(api_pb2.HParamInfo(name=name, type=api_pb2.DataType.DATA_TYPE_STRING))

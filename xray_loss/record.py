@@ -28,13 +28,31 @@ from xray_loss.resume import Preempted, drop_lost_checkpoints, resume_checkpoint
 from xray_loss.slurm import slurm_restarts
 
 STATUSES = ("running", "completed", "diverged", "failed", "pruned")
+# metrics.json ``stopped_by``: why training ended (a completed run: one of the first five)
+STOP_REASONS = (
+    "max_epochs",
+    "max_time",
+    "max_steps",
+    "early_stopping",
+    "should_stop",
+    "diverged",
+    "failed",
+    "pruned",
+    "interrupted",
+)
 
 
 # --- how a run can end early: a hierarchy of its own, mapped to a status ---------------------
 class RunStopped(Exception):
-    """A run that ended early for a reason its message explains (status ``failed``)."""
+    """A run that ended early for a reason its message explains (status ``failed``).
+    ``fields``: what the run had established before it stopped, kept in its record (a diverged
+    run's epoch budgets already tested)."""
 
     status = "failed"
+
+    def __init__(self, message: str, **fields: Any) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
 class TrainingDiverged(RunStopped):
@@ -190,21 +208,33 @@ def recorded_run(run_dir: Path, resume: bool, rank: int = 0, **start_fields: Any
         yield run
     except (RunStopped, ValueError, FileNotFoundError, CompactHydraException) as err:
         status = err.status if isinstance(err, RunStopped) else "failed"
-        record.finish(status, error=str(err), wall_time_s=run.elapsed())
+        fields = err.fields if isinstance(err, RunStopped) else {}
+        record.finish(
+            status, error=str(err), stopped_by=status, wall_time_s=run.elapsed(), **fields
+        )
         _dashboard_row(run_dir, record)
         if isinstance(err, CompactHydraException):
             raise
         raise RunFailed(str(err)) from None
     except (SystemExit, KeyboardInterrupt) as err:
         reason = str(err) if isinstance(err, Preempted) else f"{type(err).__name__}: {err}"
-        record.update(interrupted={"at": now_iso(), "reason": reason}, wall_time_s=run.elapsed())
+        record.update(
+            interrupted={"at": now_iso(), "reason": reason},
+            stopped_by="interrupted",
+            wall_time_s=run.elapsed(),
+        )
         raise
     except BaseException as err:
         if _is_trial_pruned(err):
-            record.finish("pruned", error=str(err), wall_time_s=run.elapsed())
+            record.finish("pruned", error=str(err), stopped_by="pruned", wall_time_s=run.elapsed())
             _dashboard_row(run_dir, record)
             return
-        record.finish("failed", error=f"{type(err).__name__}: {err}", wall_time_s=run.elapsed())
+        record.finish(
+            "failed",
+            error=f"{type(err).__name__}: {err}",
+            stopped_by="failed",
+            wall_time_s=run.elapsed(),
+        )
         _dashboard_row(run_dir, record)
         raise
 

@@ -21,12 +21,18 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from xray_loss.callbacks import EpochBudgets
+from xray_loss.callbacks import EpochBudgets, fit_end
 from xray_loss.config import check_config, setup_process
 from xray_loss.dashboard import write_experiment, write_session
 from xray_loss.ddp import LocalRanks, global_rank, share_cpu_threads
 from xray_loss.metrics import METRICS
-from xray_loss.record import RunRecord, hyperparameters, recorded_run, run_configuration
+from xray_loss.record import (
+    RunRecord,
+    TrainingDiverged,
+    hyperparameters,
+    recorded_run,
+    run_configuration,
+)
 
 log = logging.getLogger("xray_loss.train")
 
@@ -60,7 +66,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             trainer: L.Trainer = instantiate(
                 cfg.trainer, callbacks=callbacks(cfg), logger=loggers(cfg)
             )
-            trainer.fit(module, datamodule=datamodule, ckpt_path=run.resume_from)
+            try:
+                trainer.fit(module, datamodule=datamodule, ckpt_path=run.resume_from)
+            except TrainingDiverged as err:  # the budgets it passed stand, as separate runs
+                err.fields["budgets"] = epoch_budgets(trainer).test(trainer, module, datamodule)
+                raise
             budgets = epoch_budgets(trainer).test(trainer, module, datamodule)
             # the best checkpoint's val metrics, for metrics.json (not the per-epoch curves)
             trainer.validate(module, datamodule=datamodule, ckpt_path="best", verbose=False)
@@ -98,11 +108,14 @@ def epoch_budgets(trainer: L.Trainer) -> EpochBudgets:
 def summarise(trainer: L.Trainer, module, val: dict, test: dict, budgets: dict) -> dict[str, Any]:
     """What metrics.json records of a finished run, read off the checkpoint callback."""
     checkpoint = trainer.checkpoint_callback
+    stopped_by, epochs = fit_end(trainer)
     return {
         "best_epoch": module.loaded_epoch + 1,  # of the best checkpoint, loaded by the test
         "best_checkpoint": checkpoint.best_model_path,
         "best_val_auroc": float(checkpoint.best_model_score),
-        "epochs_trained": trainer.current_epoch,
+        "stopped_by": stopped_by,  # max_epochs, max_time, ...: record.STOP_REASONS
+        "epochs_trained": epochs,  # complete epochs (a cut one is not counted)
+        "steps": trainer.global_step,
         # val and test metrics are both taken at this threshold (P >= threshold: pneumonia)
         "threshold": float(module.threshold),
         "operating_point": module.operating_point_report(),
