@@ -1,7 +1,9 @@
 """From runs to the figures and tables of a report: ``python -m xray_loss.report SWEEP_DIR``.
 
-One job per module: ``runs`` (reading run directories, what makes runs alike), ``stats``
-(summaries, bootstrap, paired tests), ``figures``, ``tables``, ``__main__`` (the command).
+One job per module: ``records`` (a run directory's record, curves and predictions), ``runs``
+(the runs read, what makes runs alike and what may be pooled), ``stats`` (summaries,
+bootstrap, paired tests), ``figures``, ``tables``, ``build`` (the report), ``__main__`` (the
+command).
 The functions are importable, which is how ``notebooks/study.ipynb`` draws the figures.
 """
 

@@ -3,7 +3,8 @@ functions draw them: curves along an axis, test metrics against the epoch budget
 reliability diagram. Each returns its figure and the data it plotted (what the tests check).
 
 Seeds are drawn as thin lines (or dots) with their mean thick, so a split between seeds stays
-visible; every title names the settings held fixed, and a dry run (``epochs_scale``) says so.
+visible; every title names the settings held fixed, those that vary only together with the
+compared axis (``report.runs.confounds``), and a dry run (``epochs_scale``) says so.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from xray_loss.metrics import AXES, CURVES  # noqa: E402
-from xray_loss.report.runs import Run, format_value, slice_for, sort_key, value  # noqa: E402
+from xray_loss.report.runs import (  # noqa: E402
+    Run,
+    confounds,
+    format_value,
+    slice_for,
+    sort_key,
+    value,
+)
 from xray_loss.report.stats import ECE_BINS, expected_calibration_error  # noqa: E402
 
 # name -> (the axis compared, the other axes held at the original study's values, the kind)
@@ -67,10 +75,18 @@ def dry_run_note(runs: list[Run]) -> str:
     return f"dry run: {nominal} epochs nominal, {trained} trained"
 
 
+def confound_note(runs: list[Run]) -> str:
+    """``confounded: scheduler, trainer.max_time vary with epochs``, or nothing."""
+    by_columns: dict[str, list[str]] = defaultdict(list)
+    for key, follows in confounds([r.record for r in runs]).items():
+        by_columns[", ".join(follows)].append(key)
+    return "; ".join(f"confounded: {', '.join(k)} vary with {c}" for c, k in by_columns.items())
+
+
 def suptitle(fig, what: str, runs: list[Run], axis: str) -> str:
     settings = " · ".join(f"{k}={format_value(v)}" for k, v in held(runs, axis).items())
-    note = dry_run_note(runs)
-    text = f"{what}\n{settings}" + (f"\n{note}" if note else "")
+    notes = [n for n in (confound_note(runs), dry_run_note(runs)) if n]
+    text = "\n".join([what, settings, *notes])
     fig.suptitle(text, fontsize=10)
     return text
 
@@ -127,7 +143,7 @@ def compare_figure(runs: list[Run], axis: str, prefer: dict[str, Any] | None = N
 
 def budget_points(runs: list[Run]) -> dict[int, list[dict[str, Any]]]:
     """Per nominal epoch budget, the best-checkpoint test results of each run of that many
-    epochs (a run with ``budgets=[...]`` was read as its shorter runs, report.runs)."""
+    epochs (a run with ``budgets=[...]`` was read as its shorter runs, report.records)."""
     points: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for r in runs:
         points[int(r.config.get("epochs", 0))].append(

@@ -1,25 +1,34 @@
-"""Runs as the report sees them: records, curves, predictions, and what makes two runs alike.
+"""Runs as the report sees them (read by ``report.records``), and what makes two runs alike.
 
 Two runs belong to one *configuration* when every resolved setting that defines what they
-compute is equal (metrics.json ``configuration``, see ``xray_loss.record.run_configuration``),
+compute is equal (metrics.json ``configuration``, see ``xray_loss.identity.run_configuration``),
 seeds and folds aside (``xray_loss.metrics.REPEATS``). The command that started a run
 (``resume``, ``name``, launcher knobs) plays no part. The sweep's aggregate table and the
 report group on this, so they agree with each other.
+
+A configuration pools each (seed, fold) once (:func:`drop_duplicates`); a setting that varies
+only together with a column is named, not hidden (:func:`confounds`).
 """
 
 from __future__ import annotations
 
-import csv
 import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from xray_loss.metrics import AXES, CURVES, REPEATS
+from xray_loss.metrics import AXES, REPEATS
 from xray_loss.record import read_record
+from xray_loss.report.records import (
+    completed_records,
+    is_evaluation,
+    read_curves,
+    read_predictions,
+)
 
 
 @dataclass
@@ -55,6 +64,16 @@ class Run:
         return math.nan if value is None else float(value)
 
 
+# resolved settings that restate a named axis under another name: neither a column nor a
+# confound (a group's own keys, ``loss._target_``, restate its choice: see :func:`restates`)
+RESTATED = {
+    "epochs": ("max_epochs", "trainer.max_epochs"),
+    "epochs_scale": ("max_epochs", "trainer.max_epochs"),
+    "image_size": ("data.image_size",),
+    "weight_decay": ("optimizer.weight_decay",),
+}
+
+
 def settings(record: dict[str, Any]) -> dict[str, Any]:
     """A run's resolved settings (older records without them: their named hyperparameters)."""
     return record.get("configuration") or record.get("config") or {}
@@ -69,6 +88,29 @@ def identity(record: dict[str, Any]) -> tuple:
     return tuple(sorted((k, _hashable(v)) for k, v in settings(record).items() if k not in REPEATS))
 
 
+def repeat(record: dict[str, Any]) -> tuple:
+    """Which repeat of its configuration a record is: its seed and fold."""
+    return tuple(_hashable(value(record, k)) for k in REPEATS)
+
+
+def _determined(records: list[dict[str, Any]], key: str, by: list[str]) -> bool:
+    """Whether the values of the columns ``by`` fix the value of ``key`` in these records."""
+    seen: dict[tuple, set] = defaultdict(set)
+    for r in records:
+        seen[tuple(_hashable(value(r, k)) for k in by)].add(_hashable(value(r, key)))
+    return all(len(v) == 1 for v in seen.values())
+
+
+def _candidates(records: list[dict[str, Any]]) -> list[str]:
+    """Every setting a column could be: the named axes first, then the resolved settings."""
+    named = [a for a in AXES if a not in REPEATS]
+    return named + sorted({k for r in records for k in settings(r)} - set(REPEATS) - set(named))
+
+
+def _varies(records: list[dict[str, Any]], key: str) -> bool:
+    return len({_hashable(value(r, key)) for r in records}) > 1
+
+
 def columns(records: list[dict[str, Any]]) -> list[str]:
     """The settings that tell these records' configurations apart, as a reader names them.
 
@@ -77,19 +119,33 @@ def columns(records: list[dict[str, Any]]) -> list[str]:
     columns kept before it do not already determine it (``loss._target_`` follows ``loss``,
     ``max_epochs`` follows ``epochs``). Seeds and folds are repeats, never columns.
     """
-    named = [a for a in AXES if a not in REPEATS]
-    keys = sorted({k for r in records for k in settings(r)} - set(REPEATS) - set(named))
     kept: list[str] = []
-    for key in named + keys:
-        values = [_hashable(value(r, key)) for r in records]
-        if len(set(values)) < 2:
-            continue
-        by_kept: dict[tuple, set] = defaultdict(set)
-        for r, v in zip(records, values, strict=True):
-            by_kept[tuple(_hashable(value(r, k)) for k in kept)].add(v)
-        if any(len(v) > 1 for v in by_kept.values()):
+    for key in _candidates(records):
+        if _varies(records, key) and not _determined(records, key, kept):
             kept.append(key)
     return kept
+
+
+def restates(column: str, key: str) -> bool:
+    """Whether ``key`` is ``column`` under another name or part of it (``loss._target_`` of
+    ``loss``, ``trainer.max_epochs`` of ``epochs``): it follows the column by construction."""
+    return key.startswith(f"{column}.") or key in RESTATED.get(column, ())
+
+
+def confounds(records: list[dict[str, Any]]) -> dict[str, list[str]]:
+    """Settings that differ between these records only together with a column, so no column
+    of their own: ``{"scheduler": ["epochs"]}`` when every 100-epoch run used another scheduler
+    than the 10-epoch runs. A difference between those rows is not the column's alone. A
+    setting restating a column or another confound (:func:`restates`: ``scheduler._target_``
+    of ``scheduler``) is none. Values: the columns each follows."""
+    cols = columns(records)
+    out: dict[str, list[str]] = {}
+    for key in _candidates(records):
+        if key in cols or not _varies(records, key):
+            continue
+        if not any(restates(c, key) for c in [*cols, *out]):
+            out[key] = [c for c in cols if _determined(records, key, [c])] or cols
+    return out
 
 
 def value(record: dict[str, Any], column: str) -> Any:
@@ -140,102 +196,27 @@ def slice_for(runs: list[Run], axis: str, prefer: dict[str, Any]) -> tuple[list[
 
 
 # --- reading run directories ----------------------------------------------------------------
-def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Per-epoch values (epoch starting at 1) of the report's curves, from the events.
-
-    Runs log their per-epoch values at step = epochs completed (xray_loss.module); runs of
-    older versions logged them at the global step, with an ``epoch`` scalar to map it.
-    """
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    ea = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
-    ea.Reload()
-    tags = set(ea.Tags().get("scalars", []))
-    step_epoch = {}
-    if "epoch" in tags:
-        step_epoch = {e.step: int(round(e.value)) + 1 for e in ea.Scalars("epoch")}
-    curves = {}
-    for tag in (*CURVES, "val/auroc"):
-        if tag not in tags:
-            continue
-        events = ea.Scalars(tag)
-        older = bool(step_epoch) and all(e.step in step_epoch for e in events)
-        by_epoch: dict[int, float] = {}
-        for event in events:  # a resumed run may repeat a step: the last one wins
-            by_epoch[step_epoch[event.step] if older else event.step] = event.value
-        curves[tag] = sorted(by_epoch.items())
-    return curves
-
-
-def read_predictions(run_dir: Path, suffix: str = "") -> dict[str, np.ndarray] | None:
-    """labels, probs and (where known) patients of test_predictions<suffix>.csv, in dataset
-    order (suffix ``_epoch010``: the best checkpoint within a 10-epoch budget)."""
-    path = run_dir / f"test_predictions{suffix}.csv"
-    if not path.exists():
-        return None
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
-    out = {
-        "labels": np.array([int(r["label"]) for r in rows]),
-        "probs": np.array([float(r["prob"]) for r in rows]),
-    }
-    patients = [r.get("patient") or "" for r in rows]
-    if rows and all(patients):
-        out["patients"] = np.array(patients)
-    return out
-
-
-def budget_records(record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """A run's record as the separate runs it stands for: one per epoch budget.
-
-    A run with ``budgets=[10,30,100]`` (``xray_loss.callbacks.EpochBudgets``) computed what
-    runs of 10, 30 and 100 epochs would have (constant lr, no scheduler: refused otherwise).
-    Each budget becomes the record of that shorter run: ``epochs``, ``trainer.max_epochs``,
-    best epoch, best val AUROC and test metrics of the budget, ``budgets`` empty; so a sweep
-    over ``epochs`` and one run with ``budgets`` group, aggregate and compare alike. Returns
-    ``[(predictions file suffix, record)]``; a run without budgets is itself, suffix "".
-    """
-    budgets = record.get("budgets") or {}
-    if not budgets:
-        return [("", record)]
-    out = []
-    for nominal, info in sorted(budgets.items(), key=lambda item: int(item[0])):
-        epochs = int(nominal)
-        config = {**record.get("config", {}), "epochs": epochs}
-        config["max_epochs"] = info["epochs_trained"]
-        configuration = dict(record.get("configuration") or {})
-        if configuration:
-            configuration.update(epochs=epochs, budgets="[]")
-            configuration["trainer.max_epochs"] = info["epochs_trained"]
-        virtual = {
-            **record,
-            "config": config,
-            "configuration": configuration,
-            "budgets": {},
-            "best_epoch": info["best_epoch"],
-            "best_val_auroc": info["best_val_auroc"],
-            "epochs_trained": info["epochs_trained"],
-            "val": {"val/auroc": info["best_val_auroc"]},
-            "test": info["test"],
-            "budget_of": f"{record.get('run_dir', '')} (budgets={sorted(map(int, budgets))})",
-        }
-        out.append((f"_epoch{epochs:03d}", virtual))
-    return out
-
-
 def load_runs(paths: list[Path]) -> tuple[list[Run], list[tuple[Path, str]]]:
-    """Completed runs under ``paths`` (run or sweep directories) and the skipped ones; a run
-    with epoch budgets counts as the shorter runs it stands for (:func:`budget_records`)."""
+    """Completed training runs under ``paths`` (run or sweep directories) and the skipped
+    ones; a run with epoch budgets counts as the shorter runs it stands for, a diverged one as
+    the budgets it tested (:func:`completed_records`). Records of ``xray_loss.eval`` are no
+    training runs: left out. Duplicates are kept here (:func:`drop_duplicates`)."""
     runs, skipped = [], []
     found = sorted({p.parent for root in paths for p in Path(root).rglob("metrics.json")})
     for run_dir in found:
-        record = read_record(run_dir)
-        status = (record or {}).get("status", "unreadable")
+        record = read_record(run_dir) or {"status": "unreadable"}
+        if is_evaluation(record):
+            continue
+        completed = completed_records(record)
+        status = record.get("status", "unreadable")
         if status != "completed":
-            skipped.append((run_dir, status))
+            budgets = sorted(int(r["config"]["epochs"]) for _, r in completed)
+            note = f"; its budgets {budgets} are read as the shorter runs" if budgets else ""
+            skipped.append((run_dir, status + note))
+        if not completed:
             continue
         curves = read_curves(run_dir)
-        for suffix, virtual in budget_records(record):
+        for suffix, virtual in completed:
             last = virtual.get("epochs_trained") or math.inf
             kept = {tag: [(e, v) for e, v in c if e <= last] for tag, c in curves.items()}
             run = Run(run_dir, virtual, kept)
@@ -245,6 +226,35 @@ def load_runs(paths: list[Path]) -> tuple[list[Run], list[tuple[Path, str]]]:
                 run.patients = predictions.get("patients")
             runs.append(run)
     return runs, skipped
+
+
+def finished_at(run: Run) -> float:
+    """When a run ended (else started), from its record; else its metrics.json's mtime."""
+    for key in ("finished", "started"):
+        try:
+            return datetime.fromisoformat(str(run.record[key])).timestamp()
+        except (KeyError, ValueError):
+            continue
+    try:
+        return (run.path / "metrics.json").stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def budget_name(run: Run) -> str:
+    """`` (its 10-epoch budget)`` for a run read from one budget of a longer run, else ""."""
+    return f" (its {run.config.get('epochs')}-epoch budget)" if run.record.get("budget_of") else ""
+
+
+def drop_duplicates(runs: list[Run]) -> tuple[list[Run], list[Run]]:
+    """One run per configuration and repeat: where a (seed, fold) of a configuration ran more
+    than once (a sweep rerun without ``resume``, ``full_grid`` beside ``full_grid_budgets``),
+    the newest run (:func:`finished_at`) is kept. Returns (kept, dropped), in their order."""
+    newest: dict[tuple, Run] = {}
+    for run in sorted(runs, key=lambda r: (finished_at(r), str(r.path))):
+        newest[(identity(run.record), repeat(run.record))] = run
+    kept_ids = {id(r) for r in newest.values()}
+    return [r for r in runs if id(r) in kept_ids], [r for r in runs if id(r) not in kept_ids]
 
 
 def configurations(

@@ -1,7 +1,8 @@
 """The report's statistics, each at the right unit.
 
 - Seeds (and folds) of one configuration are repetitions: mean and std over them
-  (:func:`summarise`, which is also the sweep's ``sweep_aggregate.csv``).
+  (:func:`summarise`, which is also the sweep's ``sweep_aggregate.csv``); the std of one
+  repeat is undefined (NaN), not 0.
 - The bootstrap CI of test AUROC resamples *patients* when the test predictions know them
   (Kermany: several images per child), images otherwise; runs sharing a test set are resampled
   together, runs on different test sets independently.
@@ -23,7 +24,8 @@ import torch
 from torchmetrics.functional.classification import binary_auroc, binary_calibration_error
 
 from xray_loss.metrics import METRICS, REPEATS
-from xray_loss.report.runs import Run, budget_records, columns, configurations, sort_key, value
+from xray_loss.report.records import completed_records, time_stopped
+from xray_loss.report.runs import Run, columns, configurations, confounds, sort_key, value
 
 ECE_BINS = 10  # the reliability diagram and the ECE in its legend use the same bins
 SUMMARY_KEYS = ("best_val_auroc", *(f"test_{m}" for m in METRICS))
@@ -52,11 +54,11 @@ def expected_calibration_error(
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample std of the finite values (std 0 for one value, NaN for none)."""
+    """Mean and sample std of the finite values (std NaN for one value: it is undefined)."""
     values = [v for v in values if v is not None and not math.isnan(v)]
     if not values:
         return math.nan, math.nan
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
 
 
 def _metric(record: dict[str, Any], key: str) -> float:
@@ -69,14 +71,19 @@ def _metric(record: dict[str, Any], key: str) -> float:
 
 
 def summarise(records: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
-    """One row per configuration of the completed records: its columns, n, and mean/std of
-    the best val AUROC and every test metric over its repeats (seeds, folds); a run with
-    epoch budgets counts as the shorter runs it stands for."""
-    done = [v for r in records if r.get("status") == "completed" for _, v in budget_records(r)]
+    """One row per configuration of the completed training records: its columns, n, and
+    mean/std of the best val AUROC and every test metric over its repeats (seeds, folds); a
+    run with epoch budgets counts as the shorter runs it stands for (a diverged one as those
+    it reached, ``report.records.completed_records``). ``stopped_by_max_time``: how many of the
+    repeats the trainer's ``max_time`` stopped, ``max_time_epochs`` the epochs they trained."""
+    done = [v for r in records for _, v in completed_records(r)]
     cols, groups = configurations(done)
     rows = []
     for head, members in groups:
-        row: dict[str, Any] = {**head, "n": len(members)}
+        stopped = [r for r in members if time_stopped(r)]
+        trained = sorted(int(r["epochs_trained"]) for r in stopped if "epochs_trained" in r)
+        row: dict[str, Any] = {**head, "n": len(members), "stopped_by_max_time": len(stopped)}
+        row["max_time_epochs"] = trained
         for key in SUMMARY_KEYS:
             row[f"{key}_mean"], row[f"{key}_std"] = mean_std([_metric(r, key) for r in members])
         rows.append(row)
@@ -127,12 +134,15 @@ def bootstrap_auroc_ci(
 
 def summary_rows(runs: list[Run], n_boot: int = 1000) -> tuple[list[str], list[dict[str, Any]]]:
     """The report's table: per configuration the test metrics (mean, std over repeats), the
-    AUROC bootstrap CI, the ECE, and the best configuration by validation AUROC (choosing by
-    test would be optimistic)."""
+    AUROC bootstrap CI, the ECE, the values of the settings that vary only together with the
+    columns (``report.runs.confounds``), and the best configuration by validation AUROC
+    (choosing by test would be optimistic)."""
     cols, groups = configurations(runs, record_of=lambda r: r.record)
     _, summary = summarise([r.record for r in runs])
+    confounded = confounds([r.record for r in runs])
     rows = []
     for row, (_, members) in zip(summary, groups, strict=True):
+        row.update({key: value(members[0].record, key) for key in confounded})
         for m in METRICS:
             row[f"{m}_mean"], row[f"{m}_std"] = row.pop(f"test_{m}_mean"), row.pop(f"test_{m}_std")
         row["val_auroc_mean"], _ = row.pop("best_val_auroc_mean"), row.pop("best_val_auroc_std")

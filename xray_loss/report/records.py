@@ -1,0 +1,129 @@
+"""A run directory's files as the report reads them: its record as the completed runs it
+stands for (a run with epoch budgets as its shorter runs), its per-epoch curves and its test
+predictions. Records of ``python -m xray_loss.eval`` are told apart from training runs.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xray_loss.metrics import CURVES
+
+# what xray_loss.eval records (a checkpoint tested or recalibrated) instead of a training config
+EVALUATION_KEYS = ("ckpt_path", "recalibrate")
+# metrics.json ``stopped_by`` of a run that the trainer's ``max_time`` ended before its epochs
+TIME_STOPPED = "max_time"
+
+
+def is_evaluation(record: dict[str, Any]) -> bool:
+    """A record of ``python -m xray_loss.eval`` (a test or a recalibration), not of training."""
+    return any(key in record for key in EVALUATION_KEYS)
+
+
+def time_stopped(record: dict[str, Any]) -> bool:
+    """Ended by the trainer's ``max_time``: fewer epochs than nominal (older records: no)."""
+    return record.get("stopped_by") == TIME_STOPPED
+
+
+def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Per-epoch values (epoch starting at 1) of the report's curves, from the events.
+
+    Runs log their per-epoch values at step = epochs completed (xray_loss.module); runs of
+    older versions logged them at the global step, with an ``epoch`` scalar to map it.
+    """
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    ea.Reload()
+    tags = set(ea.Tags().get("scalars", []))
+    step_epoch = {}
+    if "epoch" in tags:
+        step_epoch = {e.step: int(round(e.value)) + 1 for e in ea.Scalars("epoch")}
+    curves = {}
+    for tag in (*CURVES, "val/auroc"):
+        if tag not in tags:
+            continue
+        events = ea.Scalars(tag)
+        older = bool(step_epoch) and all(e.step in step_epoch for e in events)
+        by_epoch: dict[int, float] = {}
+        for event in events:  # a resumed run may repeat a step: the last one wins
+            by_epoch[step_epoch[event.step] if older else event.step] = event.value
+        curves[tag] = sorted(by_epoch.items())
+    return curves
+
+
+def read_predictions(run_dir: Path, suffix: str = "") -> dict[str, np.ndarray] | None:
+    """labels, probs and (where known) patients of test_predictions<suffix>.csv, in dataset
+    order (suffix ``_epoch010``: the best checkpoint within a 10-epoch budget)."""
+    path = run_dir / f"test_predictions{suffix}.csv"
+    if not path.exists():
+        return None
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    out = {
+        "labels": np.array([int(r["label"]) for r in rows]),
+        "probs": np.array([float(r["prob"]) for r in rows]),
+    }
+    patients = [r.get("patient") or "" for r in rows]
+    if rows and all(patients):
+        out["patients"] = np.array(patients)
+    return out
+
+
+def budget_records(record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A run's record as the separate runs it stands for: one per epoch budget.
+
+    A run with ``budgets=[10,30,100]`` (``xray_loss.callbacks.EpochBudgets``) computed what
+    runs of 10, 30 and 100 epochs would have (constant lr, no scheduler: refused otherwise).
+    Each budget becomes the record of that shorter, completed run: ``epochs``,
+    ``trainer.max_epochs``, best epoch, best val AUROC and test metrics of the budget,
+    ``budgets`` empty, trained to its end (``stopped_by`` ``max_epochs`` where the record says
+    why it stopped); so a sweep over ``epochs`` and one run with ``budgets`` group, aggregate
+    and compare alike. Returns ``[(predictions file suffix, record)]``; a run without budgets
+    is itself, suffix "".
+    """
+    budgets = record.get("budgets") or {}
+    if not budgets:
+        return [("", record)]
+    out = []
+    for nominal, info in sorted(budgets.items(), key=lambda item: int(item[0])):
+        epochs = int(nominal)
+        config = {**record.get("config", {}), "epochs": epochs}
+        config["max_epochs"] = info["epochs_trained"]
+        configuration = dict(record.get("configuration") or {})
+        if configuration:
+            configuration.update(epochs=epochs, budgets="[]")
+            configuration["trainer.max_epochs"] = info["epochs_trained"]
+        virtual = {
+            **record,
+            "status": "completed",
+            "config": config,
+            "configuration": configuration,
+            "budgets": {},
+            "best_epoch": info["best_epoch"],
+            "best_val_auroc": info["best_val_auroc"],
+            "epochs_trained": info["epochs_trained"],
+            "val": {"val/auroc": info["best_val_auroc"]},
+            "test": info["test"],
+            "budget_of": f"{record.get('run_dir', '')} (budgets={sorted(map(int, budgets))})",
+        }
+        if "stopped_by" in record:
+            virtual["stopped_by"] = "max_epochs"
+        out.append((f"_epoch{epochs:03d}", virtual))
+    return out
+
+
+def completed_records(record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The completed runs a training record stands for (:func:`budget_records`): a completed
+    run itself or its budgets; a diverged run the budgets it reached and tested before it
+    diverged (a separate run of that many epochs would have completed); else none."""
+    if is_evaluation(record):
+        return []
+    status = record.get("status")
+    if status == "completed" or (status == "diverged" and record.get("budgets")):
+        return budget_records(record)
+    return []
