@@ -76,8 +76,10 @@ def fit_end(trainer: L.Trainer) -> tuple[str, int]:
     completed. Lightning's ``current_epoch`` also counts an epoch that ``max_time`` (or
     ``max_steps``) cut short; such an epoch is not counted here."""
     complete = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
-    epochs = trainer.current_epoch if complete or trainer.global_step == 0 else max(
-        0, trainer.current_epoch - 1
+    epochs = (
+        trainer.current_epoch
+        if complete or trainer.global_step == 0
+        else max(0, trainer.current_epoch - 1)
     )
     max_epochs = trainer.max_epochs if trainer.max_epochs is not None else math.inf
     timers = [c for c in trainer.callbacks if isinstance(c, Timer)]
@@ -232,6 +234,13 @@ class EpochBudgets(L.Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         self._keep(trainer, trainer.current_epoch)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        """A run that diverges late keeps the budgets it passed: what separate shorter runs
+        would have reported (metrics.json ``budgets`` of the diverged run). One process only:
+        DDP ranks may diverge at different steps, and testing waits for every rank."""
+        if isinstance(exception, TrainingDiverged) and trainer.world_size == 1 and self.saved:
+            exception.fields["budgets"] = self.test(trainer, pl_module, trainer.datamodule)
 
     def _keep(self, trainer, epochs_done: int) -> None:
         nominal = self.budgets.get(epochs_done)

@@ -36,8 +36,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from xray_loss.callbacks import TestReport
 from xray_loss.config import ConfigError, quote_path_overrides, setup_process
-from xray_loss.data.base import split_difference
 from xray_loss.data.kermany_layout import read_labeled_folder
+from xray_loss.data.splits import split_difference
 from xray_loss.inference import load_classifier, run_config
 from xray_loss.inference import operating_point as applied_operating_point
 from xray_loss.metrics import binary_metrics

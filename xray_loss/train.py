@@ -25,14 +25,9 @@ from xray_loss.callbacks import EpochBudgets, fit_end
 from xray_loss.config import check_config, setup_process
 from xray_loss.dashboard import write_experiment, write_session
 from xray_loss.ddp import LocalRanks, global_rank, share_cpu_threads
+from xray_loss.identity import hyperparameters, run_configuration
 from xray_loss.metrics import METRICS
-from xray_loss.record import (
-    RunRecord,
-    TrainingDiverged,
-    hyperparameters,
-    recorded_run,
-    run_configuration,
-)
+from xray_loss.record import RunRecord, recorded_run
 
 log = logging.getLogger("xray_loss.train")
 
@@ -66,11 +61,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             trainer: L.Trainer = instantiate(
                 cfg.trainer, callbacks=callbacks(cfg), logger=loggers(cfg)
             )
-            try:
-                trainer.fit(module, datamodule=datamodule, ckpt_path=run.resume_from)
-            except TrainingDiverged as err:  # the budgets it passed stand, as separate runs
-                err.fields["budgets"] = epoch_budgets(trainer).test(trainer, module, datamodule)
-                raise
+            trainer.fit(module, datamodule=datamodule, ckpt_path=run.resume_from)
             budgets = epoch_budgets(trainer).test(trainer, module, datamodule)
             # the best checkpoint's val metrics, for metrics.json (not the per-epoch curves)
             trainer.validate(module, datamodule=datamodule, ckpt_path="best", verbose=False)

@@ -8,141 +8,30 @@ the same way. Images stay uint8 until they reach the model, which scales and nor
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from xray_loss.data.augment import AugmentConfig, BatchAugment, augment_image, sample_augment
+from xray_loss.data.augment import AugmentConfig, BatchAugment, sample_augment
 from xray_loss.data.images import worker_start_method
-from xray_loss.data.order import SampleKey, TrainLoader, TrainOrder, sample_seed
+from xray_loss.data.order import (
+    ImageTensorDataset,
+    TrainLoader,
+    TrainOrder,
+    keep_batch,
+    sample_seed,
+)
+from xray_loss.data.splits import DataError, Split, split_difference
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")  # label 0, label 1
-
-
-class DataError(ValueError):
-    """Bad data or data options; the message says what was found and what is expected."""
-
-
-@dataclass
-class Split:
-    """One split: uint8 images (N, 1, S, S) and int64 labels (N,), 1 = pneumonia.
-
-    ``images`` is a tensor, or an object indexed like one (``ArrayImages`` over the cache,
-    ``FileImages`` decoding per access) that also has ``shape`` and ``to(device)``.
-    ``files`` and ``patients`` name each image where the source knows them (test predictions
-    carry them, and the report's bootstrap resamples patients rather than images); ``hashes``
-    are the files' content digests where the source read them (else :meth:`identity` digests
-    the decoded images).
-    """
-
-    images: Any
-    labels: torch.Tensor
-    files: list[str] | None = None
-    patients: list[str] | None = None
-    hashes: list[str] | None = None
-
-    def __len__(self) -> int:
-        return int(self.labels.shape[0])
-
-    def class_counts(self) -> list[int]:
-        return torch.bincount(self.labels, minlength=2).tolist()
-
-    def identity(self) -> dict[str, list]:
-        """What the split holds, image by image: name (the file, else its position), label and
-        content digest. A checkpoint stores it, so eval can test on exactly these images."""
-        hashes = self.hashes
-        if hashes is None:
-            hashes = [
-                hashlib.sha1(self.images[i].cpu().contiguous().numpy().tobytes()).hexdigest()
-                for i in range(len(self))
-            ]
-        names = self.files if self.files is not None else [str(i) for i in range(len(self))]
-        return {"files": list(names), "labels": self.labels.tolist(), "hashes": list(hashes)}
-
-
-KEYS = ("files", "hashes", "labels")
-
-
-def split_difference(recorded: dict[str, list], found: dict[str, list]) -> str:
-    """How two ``Split.identity`` records differ, in words ('' when they hold the same images,
-    in the same order, with the same labels)."""
-    if recorded == found:
-        return ""
-    old = {f: (h, y) for f, h, y in zip(*(recorded[k] for k in KEYS), strict=True)}
-    new = {f: (h, y) for f, h, y in zip(*(found[k] for k in KEYS), strict=True)}
-
-    def listing(names: list[str]) -> str:
-        shown = ", ".join(names[:5])
-        return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
-
-    parts = []
-    for what, names in (
-        ("missing", [f for f in old if f not in new]),
-        ("new", [f for f in new if f not in old]),
-        ("with other contents", [f for f in old if f in new and new[f][0] != old[f][0]]),
-        ("with another label", [f for f in old if f in new and new[f][1] != old[f][1]]),
-    ):
-        if names:
-            parts.append(f"{len(names)} image(s) {what} ({listing(names)})")
-    if not parts:
-        parts.append("the same images in another order")
-    return "; ".join(parts)
-
-
-class ImageTensorDataset(Dataset):
-    """Indexes a ``Split``; fetches a whole batch at once through ``__getitems__``.
-
-    A batch is (images, labels, indices): the dataset indices let evaluation count every image
-    exactly once when a distributed sampler pads the split with repeats. The training sampler
-    hands out ``SampleKey(index, epoch)``: each image is augmented under its own seed,
-    ``sample_seed(seed, epoch, index)``, the same in any worker process.
-    """
-
-    def __init__(self, split: Split, transform=None, seed: int = 0) -> None:
-        self.split = split
-        self.transform = transform
-        self.seed = int(seed)
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        images, labels, index = self.__getitems__([i])
-        return images[0], labels[0], index[0]
-
-    def __getitems__(
-        self, keys: list[int] | list[SampleKey]
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        indices = [int(k.index) if isinstance(k, SampleKey) else int(k) for k in keys]
-        index = torch.as_tensor(indices, device=self.split.labels.device)
-        images = self.split.images[index]
-        if self.transform is not None:
-            seeds = [
-                sample_seed(self.seed, k.epoch, k.index) if isinstance(k, SampleKey) else None
-                for k in keys
-            ]
-            images = torch.stack(
-                [
-                    augment_image(self.transform, img, s) if s is not None else self.transform(img)
-                    for img, s in zip(images, seeds, strict=True)
-                ]
-            )
-        return images, self.split.labels[index], index
-
-
-def keep_batch(batch):
-    """collate_fn for datasets that already return a batch from ``__getitems__``."""
-    return batch
 
 
 class XrayDataModule(L.LightningDataModule):

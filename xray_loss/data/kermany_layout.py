@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from xray_loss.data.base import DataError, Split
 from xray_loss.data.images import display_path
+from xray_loss.data.splits import DataError, Split
 
 CLASSES = {"normal": 0, "pneumonia": 1}
 EXTENSIONS = {".jpeg", ".jpg", ".png"}

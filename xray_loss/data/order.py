@@ -6,7 +6,8 @@ is handed to the dataset as a :class:`SampleKey` ``(index, epoch)``, from which 
 seeds that image's augmentation (:func:`sample_seed`). So a run resumed anywhere, a run with
 ``data.num_workers=0`` and one with ``2`` see the same batches, augmented the same way.
 
-``XrayDataModule.train_dataloader`` (``xray_loss.data.base``) builds the sampler and loader.
+``XrayDataModule`` (``xray_loss.data.base``) builds its loaders from these: the dataset, the
+training sampler and the training loader.
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from xray_loss.data.augment import augment_image
+from xray_loss.data.splits import Split
 
 _MASK = (1 << 64) - 1
 
@@ -38,6 +42,52 @@ class SampleKey(NamedTuple):
 
     index: int
     epoch: int
+
+
+class ImageTensorDataset(Dataset):
+    """Indexes a ``Split``; fetches a whole batch at once through ``__getitems__``.
+
+    A batch is (images, labels, indices): the dataset indices let evaluation count every image
+    exactly once when a distributed sampler pads the split with repeats. The training sampler
+    hands out ``SampleKey(index, epoch)``: each image is augmented under its own seed,
+    ``sample_seed(seed, epoch, index)``, the same in any worker process.
+    """
+
+    def __init__(self, split: Split, transform=None, seed: int = 0) -> None:
+        self.split = split
+        self.transform = transform
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, labels, index = self.__getitems__([i])
+        return images[0], labels[0], index[0]
+
+    def __getitems__(
+        self, keys: list[int] | list[SampleKey]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        indices = [int(k.index) if isinstance(k, SampleKey) else int(k) for k in keys]
+        index = torch.as_tensor(indices, device=self.split.labels.device)
+        images = self.split.images[index]
+        if self.transform is not None:
+            seeds = [
+                sample_seed(self.seed, k.epoch, k.index) if isinstance(k, SampleKey) else None
+                for k in keys
+            ]
+            images = torch.stack(
+                [
+                    augment_image(self.transform, img, s) if s is not None else self.transform(img)
+                    for img, s in zip(images, seeds, strict=True)
+                ]
+            )
+        return images, self.split.labels[index], index
+
+
+def keep_batch(batch):
+    """collate_fn for datasets that already return a batch from ``__getitems__``."""
+    return batch
 
 
 class TrainOrder(DistributedSampler):

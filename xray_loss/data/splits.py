@@ -1,4 +1,5 @@
-"""Patient-grouped, class-stratified splits and folds.
+"""A split (images, labels and what names them), and patient-grouped, class-stratified splits
+and folds.
 
 Several images can belong to one child, and a few files are exact duplicates of each other.
 Images are first merged into groups (same patient, or same file contents, transitively), and
@@ -9,9 +10,84 @@ splits until each reaches its share of that class's images, so every split keeps
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+class DataError(ValueError):
+    """Bad data or data options; the message says what was found and what is expected."""
+
+
+@dataclass
+class Split:
+    """One split: uint8 images (N, 1, S, S) and int64 labels (N,), 1 = pneumonia.
+
+    ``images`` is a tensor, or an object indexed like one (``ArrayImages`` over the cache,
+    ``FileImages`` decoding per access) that also has ``shape`` and ``to(device)``.
+    ``files`` and ``patients`` name each image where the source knows them (test predictions
+    carry them, and the report's bootstrap resamples patients rather than images); ``hashes``
+    are the files' content digests where the source read them (else :meth:`identity` digests
+    the decoded images).
+    """
+
+    images: Any
+    labels: torch.Tensor
+    files: list[str] | None = None
+    patients: list[str] | None = None
+    hashes: list[str] | None = None
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def class_counts(self) -> list[int]:
+        return torch.bincount(self.labels, minlength=2).tolist()
+
+    def identity(self) -> dict[str, list]:
+        """What the split holds, image by image: name (the file, else its position), label and
+        content digest. A checkpoint stores it, so eval can test on exactly these images."""
+        hashes = self.hashes
+        if hashes is None:
+            hashes = [
+                hashlib.sha1(self.images[i].cpu().contiguous().numpy().tobytes()).hexdigest()
+                for i in range(len(self))
+            ]
+        names = self.files if self.files is not None else [str(i) for i in range(len(self))]
+        return {"files": list(names), "labels": self.labels.tolist(), "hashes": list(hashes)}
+
+
+KEYS = ("files", "hashes", "labels")
+
+
+def split_difference(recorded: dict[str, list], found: dict[str, list]) -> str:
+    """How two ``Split.identity`` records differ, in words ('' when they hold the same images,
+    in the same order, with the same labels)."""
+    if recorded == found:
+        return ""
+    old = {f: (h, y) for f, h, y in zip(*(recorded[k] for k in KEYS), strict=True)}
+    new = {f: (h, y) for f, h, y in zip(*(found[k] for k in KEYS), strict=True)}
+
+    def listing(names: list[str]) -> str:
+        shown = ", ".join(names[:5])
+        return shown + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+    parts = []
+    for what, names in (
+        ("missing", [f for f in old if f not in new]),
+        ("new", [f for f in new if f not in old]),
+        ("with other contents", [f for f in old if f in new and new[f][0] != old[f][0]]),
+        ("with another label", [f for f in old if f in new and new[f][1] != old[f][1]]),
+    ):
+        if names:
+            parts.append(f"{len(names)} image(s) {what} ({listing(names)})")
+    if not parts:
+        parts.append("the same images in another order")
+    return "; ".join(parts)
 
 
 def connected_groups(*keys: Sequence[str]) -> list[int]:
