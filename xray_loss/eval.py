@@ -164,7 +164,7 @@ def recalibrate(cfg: DictConfig, model, out: Path) -> dict[str, Any]:
         stored = model.operating_point.get("rule", "youden")
         rule = stored if parse_rule(stored)[0] != "fixed" else "youden"
     before = float(model.threshold)
-    point = operating_point(probs, sample.labels, rule, str(folder))
+    point = operating_point(probs, sample.labels, rule, str(folder), groups=sample.patients)
     if point.get("warning"):
         log.warning("%s", point["warning"])
     sidecar = sidecar_path(cfg.ckpt_path)
@@ -183,7 +183,10 @@ def recalibrate(cfg: DictConfig, model, out: Path) -> dict[str, Any]:
     for name in ("sensitivity", "specificity"):
         if name in point:
             est, low, high = point[name]
-            lines.append(f"  {name} at it: {est:.3f} (95% CI {low:.3f}-{high:.3f})")
+            lines.append(
+                f"  {name} at it: {est:.3f} ({point.get('estimate', 'in-sample')}, "
+                f"95% CI {low:.3f}-{high:.3f})"
+            )
     lines.append(f"  {'':12s}{'threshold':>10s}{'acc':>8s}{'sens':>8s}{'spec':>8s}{'AUROC':>8s}")
     for when, m in metrics.items():
         lines.append(

@@ -226,9 +226,16 @@ class XrayClassifier(L.LightningModule):
     def operating_point_report(self, n_boot: int = 1000) -> dict[str, Any]:
         """The threshold of the checkpoint last evaluated, with its rule, source, sample size
         and bootstrap intervals over the sample it was chosen on (xray_loss.threshold)."""
-        chosen_on = self.evaluated.get("calibration") or self.evaluated["val"]
-        source = self.source if "calibration" in self.evaluated else "carveout"
-        point = operating_point(chosen_on.probs, chosen_on.labels, self.rule, source, n_boot)
+        stage = "calibration" if "calibration" in self.evaluated else "val"
+        chosen_on = self.evaluated[stage]
+        source = self.source if stage == "calibration" else "carveout"
+        # the bootstrap draws patients where the split knows them (evaluated index: split order)
+        splits = getattr(getattr(self._trainer, "datamodule", None), "splits", None) or {}
+        patients = getattr(splits.get(stage), "patients", None)
+        groups = [patients[i] for i in chosen_on.index.tolist()] if patients else None
+        point = operating_point(
+            chosen_on.probs, chosen_on.labels, self.rule, source, n_boot, groups=groups
+        )
         return {**point, "value": float(self.threshold)}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

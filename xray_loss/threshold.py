@@ -13,8 +13,11 @@ folder), ``auto`` (the folder when there is one) or a path to any labeled folder
 - a number in [0, 1]: that threshold (no data needed).
 
 Decisions follow ``xray_loss.metrics.decide`` (``P >= threshold``). With a small sample a
-threshold is a guess: :func:`operating_point` adds bootstrap intervals of the threshold
-(re-chosen on each resample) and of the sensitivity and specificity at it, and a warning.
+threshold is a guess, and the sensitivity and specificity read off the sample it was tuned on
+flatter it: :func:`operating_point` re-chooses the threshold on each bootstrap resample (of
+patients, when they are known) and reports optimism-corrected sensitivity and specificity with
+95% intervals whose coverage was measured by simulation, the threshold's own interval, and a
+warning.
 ``python -m xray_loss.eval recalibrate=FOLDER`` writes one beside a checkpoint
 (:func:`sidecar_path`); eval and predict use it when present.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +35,7 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_roc
 
-from xray_loss.metrics import binary_metrics, youden_threshold
+from xray_loss.metrics import youden_threshold
 
 SOURCES = ("carveout", "folder", "auto")
 FEW = 20  # fewer images of a class than this: the threshold is a guess, say so
@@ -93,15 +97,41 @@ def operating_point(
     source: str,
     n_boot: int = 1000,
     seed: int = 0,
+    groups: Sequence[Any] | None = None,
 ) -> dict[str, Any]:
-    """The threshold ``rule`` picks on this sample, with 95% bootstrap intervals.
+    """The threshold ``rule`` picks on this sample, and what it gives, with 95% intervals.
 
-    ``threshold_ci``: the threshold re-chosen on each resample of the sample (a fixed rule has
-    none); ``sensitivity``/``specificity``: [estimate, low, high] at the chosen threshold over the
-    resamples. ``warning`` says when the sample is too small to trust.
+    A threshold tuned on a sample flatters itself there: the sensitivity and specificity read
+    off the sample it was chosen on (``apparent``) overstate what it gives on new images, the
+    more so the smaller the sample. So each bootstrap resample re-chooses the threshold, and
+    the gap between that threshold's sensitivity (specificity) on the whole sample and on the
+    resample it was chosen on measures the optimism (Harrell's optimism bootstrap):
+
+    - ``sensitivity``/``specificity``: [estimate, low, high] for the chosen threshold on the
+      population the sample stands for. The estimate is the apparent value plus the mean gap
+      (``"estimate": "optimism-corrected"``); the interval puts the gap's 2.5% and 97.5%
+      points around it, widened where needed to the Wilson score interval of the estimate (a
+      bootstrap cannot see binomial noise the sample does not show, e.g. at 8 of 8). A fixed
+      rule is not tuned: its estimate is the apparent value (``"estimate": "in-sample"``), and
+      the same interval applies (the gaps are then resampling noise only).
+    - ``threshold_ci``: the 2.5% and 97.5% points of the re-chosen thresholds (None for a
+      fixed rule).
+    - ``groups``: one patient id per image, where known. The bootstrap then draws patients
+      with all their images (``"resampled": "patients"``), and the Wilson interval counts
+      patients, not images: images of one patient are not independent evidence.
+    - ``warning``: the sample is too small to trust, and what its intervals were measured to
+      be worth at that size.
+
+    Measured by simulation (scores with AUROC 0.80, rule youden, n_boot 1000; the check is
+    tests/test_operating_point.py): the 95% intervals covered the population sensitivity and
+    specificity of the chosen threshold 96% / 96% of the time at 50 + 50 images and 95% / 98%
+    at 8 + 8 (the in-sample bootstrap this replaces: 87% / 87% and 65% / 61%). The estimate is
+    still somewhat optimistic: sensitivity + specificity by +0.02 at 50 + 50 and +0.10 at
+    8 + 8 (apparent: +0.08 and +0.24). Evaluating each re-chosen threshold out of bag was
+    tried too: nearly unbiased, but its intervals were twice as wide and covered 99-100%.
     """
     probs, labels = probs.float().cpu(), labels.long().cpu()
-    kind, _ = parse_rule(rule)
+    kind, target = parse_rule(rule)
     value = choose(probs, labels, rule)
     n_pos, n = int(labels.sum()), int(labels.numel())
     point: dict[str, Any] = {
@@ -112,34 +142,127 @@ def operating_point(
         "n_normal": n - n_pos,
         "n_pneumonia": n_pos,
     }
+    if groups is not None and len(groups) != n:
+        raise ValueError(f"groups names {len(groups)} patient(s) for {n} image(s): one per image")
     if n == 0:
         return {**point, "warning": "no labeled images: the threshold is the rule's number"}
-    at = binary_metrics(probs, labels, value)
-    generator = torch.Generator().manual_seed(seed)
-    chosen, sens, spec = [], [], []
-    for _ in range(n_boot):
-        idx = torch.randint(0, n, (n,), generator=generator)
-        p, y = probs[idx], labels[idx]
-        if y.min() == y.max():
-            continue  # one class drawn: no threshold, no sensitivity/specificity pair
-        chosen.append(choose(p, y, rule) if kind != "fixed" else value)
-        m = binary_metrics(p, y, value)
-        sens.append(float(m["sensitivity"]))
-        spec.append(float(m["specificity"]))
-
-    def interval(values: list[float]) -> list[float]:
-        return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
-
-    if chosen:
-        point["threshold_ci"] = interval(chosen) if kind != "fixed" else None
-        point["sensitivity"] = [float(at["sensitivity"]), *interval(sens)]
-        point["specificity"] = [float(at["specificity"]), *interval(spec)]
+    p = probs.numpy().astype(np.float32)
+    y = labels.numpy().astype(np.int64)
+    if groups is None:
+        unit = np.arange(n)
+    else:
+        unit = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)[1]
+        point["n_patients"] = int(unit.max()) + 1
+    point["resampled"] = "images" if groups is None else "patients"
+    at = p >= np.float32(value)  # decide(): P >= threshold is pneumonia
+    apparent = np.array([at[y == 1].mean(), (~at[y == 0]).mean()]) if 0 < n_pos < n else None
+    rng = np.random.default_rng(seed)
+    chosen, gaps = [], []
+    chunk = max(1, _CELLS // n)  # resamples at a time: bounded memory
+    for start in range(0, n_boot if apparent is not None else 0, chunk):
+        counts = _resample_counts(rng, min(chunk, n_boot - start), unit)
+        if kind == "fixed":
+            t = np.full(len(counts), np.float32(value))
+            ok = ((counts * y).sum(1) > 0) & ((counts * (1 - y)).sum(1) > 0)
+        else:
+            t, ok = _choose_many(p, y, counts, kind, target)
+        t, counts = t[ok], counts[ok]  # a resample of one class has no threshold: skipped
+        pred = p[None, :] >= t[:, None]
+        whole = np.stack([pred[:, y == 1].mean(1), (~pred[:, y == 0]).mean(1)], 1)
+        w_pos, w_neg = counts * (y == 1), counts * (y == 0)
+        drawn = np.stack(
+            [(w_pos * pred).sum(1) / w_pos.sum(1), (w_neg * ~pred).sum(1) / w_neg.sum(1)], 1
+        )
+        chosen.append(t)
+        gaps.append(whole - drawn)
+    if sum(len(t) for t in chosen):
+        gap = np.concatenate(gaps)
+        if kind != "fixed":
+            point["threshold_ci"] = _percentiles(np.concatenate(chosen).astype(np.float64))
+            estimate = np.clip(apparent + gap.mean(0), 0.0, 1.0)
+        else:
+            point["threshold_ci"] = None
+            estimate = apparent
+        # patients of each class, or images: the units of evidence the Wilson interval counts
+        sizes = [len(np.unique(unit[y == c])) for c in (1, 0)]
+        for j, name in enumerate(("sensitivity", "specificity")):
+            low, high = np.percentile(gap[:, j], [2.5, 97.5]) - gap[:, j].mean()
+            w_low, w_high = _wilson(float(estimate[j]), sizes[j])
+            point[name] = [
+                float(estimate[j]),
+                float(np.clip(min(estimate[j] + low, w_low), 0.0, 1.0)),
+                float(np.clip(max(estimate[j] + high, w_high), 0.0, 1.0)),
+            ]
+        point["estimate"] = "in-sample" if kind == "fixed" else "optimism-corrected"
+        point["apparent"] = {"sensitivity": float(apparent[0]), "specificity": float(apparent[1])}
     if min(n_pos, n - n_pos) < FEW:
         point["warning"] = (
             f"{n - n_pos} normal and {n_pos} pneumonia image(s): with fewer than {FEW} of a "
-            f"class the threshold is a guess; read its interval, and label more images."
+            f"class the threshold is a guess and its intervals are wide (in simulation at "
+            f"8 + 8 images, AUROC 0.80, the 95% intervals covered the true sensitivity "
+            f"{SMALL_SAMPLE_COVERAGE[0]:.0%} and specificity {SMALL_SAMPLE_COVERAGE[1]:.0%} "
+            f"of the time and were about {SMALL_SAMPLE_WIDTH:.1f} wide); label more images."
         )
     return point
+
+
+# measured: AUROC 0.80, rule youden, 8 + 8 images, n_boot 1000, 1000 samples (the docstring)
+SMALL_SAMPLE_COVERAGE = (0.95, 0.98)
+SMALL_SAMPLE_WIDTH = 0.5
+_CELLS = 1 << 19  # resample x image cells per chunk of the bootstrap (bounds its memory)
+
+
+def _resample_counts(rng: np.random.Generator, n_boot: int, unit: np.ndarray) -> np.ndarray:
+    """(n_boot, n): how often each image is drawn, when units (images, or patients with all
+    their images; ``unit`` numbers each image's) are drawn with replacement, as many as there
+    are."""
+    n_units = int(unit.max()) + 1
+    drawn = rng.integers(0, n_units, (n_boot, n_units))
+    rows = np.repeat(np.arange(n_boot), n_units)
+    per_unit = np.bincount(rows * n_units + drawn.ravel(), minlength=n_boot * n_units)
+    return per_unit.reshape(n_boot, n_units)[:, unit]
+
+
+def _choose_many(
+    p: np.ndarray, y: np.ndarray, counts: np.ndarray, kind: str, target: float | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`choose` on many resamples at once (``counts``: (B, n) draws of each image).
+
+    Returns float32 thresholds (B,) and whether each resample holds both classes. Candidates
+    are the distinct scores drawn, as in ``binary_roc``: the draws of each distinct score are
+    summed over one descending sort, and each resample's ROC is a cumulative sum of them.
+    """
+    order = np.argsort(-p, kind="stable")
+    ps, ys, w = p[order], y[order], counts[:, order]
+    starts = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])
+    scores = ps[starts]  # distinct, high to low
+    pos = np.add.reduceat(w * ys, starts, axis=1)
+    neg = np.add.reduceat(w * (1 - ys), starts, axis=1)
+    tp, fp = np.cumsum(pos, 1), np.cumsum(neg, 1)  # p >= score
+    n_pos, n_neg = tp[:, -1:], fp[:, -1:]
+    drawn = (pos + neg) > 0
+    ok = (n_pos[:, 0] > 0) & (n_neg[:, 0] > 0)
+    if kind == "youden":  # tpr - fpr, times n_pos * n_neg: exact integers, first (highest) max
+        j = np.where(drawn, tp * n_neg - fp * n_pos, np.iinfo(np.int64).min)
+        return scores[np.argmax(j, 1)], ok
+    if kind == "sens":  # the highest threshold that reaches the sensitivity
+        hit = drawn & (tp >= (target - 1e-12) * n_pos)
+        return scores[np.argmax(hit, 1)], ok
+    hit = drawn & (fp <= (1 - target + 1e-12) * n_neg)  # the lowest that keeps the specificity
+    last = hit.shape[1] - 1 - np.argmax(hit[:, ::-1], 1)
+    above = np.nextafter(scores[np.argmax(drawn, 1)], np.float32(np.inf))  # none: call none
+    return np.where(hit.any(1), scores[last], above).astype(np.float32), ok
+
+
+def _percentiles(values: np.ndarray) -> list[float]:
+    return [float(np.percentile(values, 2.5)), float(np.percentile(values, 97.5))]
+
+
+def _wilson(rate: float, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score 95% interval of a proportion ``rate`` of ``n``."""
+    centre = (rate + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
 
 
 def sidecar_path(ckpt_path: str | Path) -> Path:

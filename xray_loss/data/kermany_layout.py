@@ -165,8 +165,13 @@ def read_labeled_folder(folder: Path, image_size: int, resize: str) -> Split:
     if bad:
         listing = "\n".join(bad)
         raise DataError(f"{len(bad)} image file(s) of {folder} could not be read:\n{listing}")
+    names = [display_path(path.relative_to(folder)) for path, _ in files]
     return Split(
         torch.stack(images),
         torch.tensor([label for _, label in files], dtype=torch.int64),
-        files=[display_path(path.relative_to(folder)) for path, _ in files],
+        files=names,
+        # a name without a known pattern is a patient of its own: the bootstrap draws patients
+        patients=[
+            patient_id(path.name) or name for (path, _), name in zip(files, names, strict=True)
+        ],
     )
