@@ -32,3 +32,22 @@ def test_relative_links_point_at_files():
             if target.startswith("http"):
                 continue
             assert (doc.parent / target).exists(), f"{doc.name}: broken link {target}"
+
+
+CLAIM_WORDS = re.compile(r"\b(exactly|identical(?:ly)?|bit for\s+bit|never)\b", re.I)
+
+
+def test_every_claim_names_a_test_that_exists():
+    claims = (ROOT / "docs" / "claims.md").read_text()
+    named = re.findall(r"`(tests/[\w/]+\.py)(?:::(\w+))?`", claims)
+    assert len(named) >= 15
+    for path, test in named:
+        source = (ROOT / path).read_text()
+        assert not test or f"def {test}(" in source, f"docs/claims.md names {path}::{test}"
+    # every sentence of the README with a claim word is one the table covers, by its section
+    sections = set(re.findall(r"\(([A-Z][\w ]+)\) \|", claims))
+    for title, body in re.findall(r"\n## ([^\n]+)\n(.*?)(?=\n## |\Z)", README, re.S):
+        prose = re.sub(r"```.*?```", "", body, flags=re.S)
+        if CLAIM_WORDS.search(prose) and not title.startswith(("Code map", "Development")):
+            short = title.split(":")[0].split(" in ")[0].strip()
+            assert any(short.startswith(s) or s.startswith(short) for s in sections), title
