@@ -18,6 +18,7 @@ from tests.fixtures import make_kermany
 from xray_loss.data import cache as cache_mod
 from xray_loss.data.cache import cached_images
 from xray_loss.data.images import decode
+from xray_loss.data.splits import DataError
 
 
 def _files(root: Path) -> list[Path]:
@@ -111,6 +112,11 @@ def _damage(store: Path, meta: Path, how: str) -> Path:
     if how == "garbage_npy":
         store.write_bytes(b"not a numpy file")
         return store
+    if how == "overwritten_in_place":  # same size, same header: the images' bytes zeroed
+        data = bytearray(store.read_bytes())
+        data[-300:] = bytes(300)
+        store.write_bytes(bytes(data))
+        return store
     if how == "bad_json":
         meta.write_text('{"files": 12, "bad": [')
         return meta
@@ -120,7 +126,9 @@ def _damage(store: Path, meta: Path, how: str) -> Path:
     return meta
 
 
-@pytest.mark.parametrize("how", ["truncated_npy", "garbage_npy", "bad_json", "short_json"])
+@pytest.mark.parametrize(
+    "how", ["truncated_npy", "garbage_npy", "overwritten_in_place", "bad_json", "short_json"]
+)
 def test_a_damaged_store_is_named_and_rebuilt(tmp_path, caplog, how):
     root = make_kermany(tmp_path / "cx", n_normal=6, n_pneumonia=9)
     files, cache = _files(root), tmp_path / "cache"
@@ -160,3 +168,44 @@ def test_decoding_with_workers_inside_a_joblib_job(tmp_path):
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() == ".jpeg")
     (result,) = Parallel(n_jobs=2, backend="loky")([delayed(_decode_in_worker)(files)])
     assert result == (0, len(files))
+
+
+def _assert_no_room(err: pytest.ExceptionInfo, cache: Path) -> None:
+    message = str(err.value)
+    assert str(cache) in message and "MB" in message
+    assert "XRAY_LOSS_CACHE" in message and "data.cache=false" in message
+    assert not list(cache.glob("*.tmp")) and not list(cache.glob(".*.tmp"))
+    assert not list(cache.glob("*.npy"))
+
+
+def test_too_little_free_space_is_one_sentence_before_any_decoding(tmp_path, monkeypatch):
+    root = make_kermany(tmp_path / "cx", n_normal=6, n_pneumonia=9)
+    cache = tmp_path / "cache"
+    usage = cache_mod.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    with pytest.raises(DataError) as err:
+        cached_images(_files(root), 32, "squash", cache, num_workers=0)
+    _assert_no_room(err, cache)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB tmpfs (root only: skipped elsewhere)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)])
+    if done.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)])
+
+
+def test_a_disk_that_fills_while_the_store_is_reserved_is_named(tmp_path, tiny_disk, monkeypatch):
+    # the free-space check passes (the disk claims room), the reservation meets the real limit
+    root = make_kermany(tmp_path / "cx", n_normal=24, n_pneumonia=36)
+    cache = tiny_disk / "cache"
+    usage = cache_mod.shutil.disk_usage(tiny_disk)
+    monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda path: usage._replace(free=10**9))
+    with pytest.raises(DataError) as err:
+        cached_images(_files(root), 96, "squash", cache, num_workers=0)
+    _assert_no_room(err, cache)

@@ -272,8 +272,30 @@ def sidecar_path(ckpt_path: str | Path) -> Path:
 
 
 def read_sidecar(ckpt_path: str | Path) -> dict[str, Any] | None:
+    """The recalibrated operating point beside a checkpoint (None if there is none), checked
+    like a threshold on the command line: a damaged or impossible one is refused, named."""
+    from xray_loss.config import ConfigError
+
     path = sidecar_path(ckpt_path)
-    return json.loads(path.read_text()) if path.exists() else None
+    if not path.exists():
+        return None
+    fix = (
+        f"Write it again with `python -m xray_loss.eval ckpt_path={ckpt_path} "
+        f"recalibrate=<labeled folder>`, or delete it to use the checkpoint's own threshold."
+    )
+    try:
+        point = json.loads(path.read_text())
+        value = float(point["value"])
+        parse_rule(point.get("rule", value))
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"The operating point {path} cannot be read ({reason}). {fix}") from None
+    if not 0.0 <= value <= 1.0:  # (NaN fails this too)
+        raise ConfigError(
+            f"The operating point {path} holds threshold {value}, outside [0, 1]: every image "
+            f"would get one class. {fix}"
+        )
+    return point
 
 
 def describe(point: dict[str, Any]) -> str:

@@ -4,8 +4,11 @@ runs, and every job of a sweep, memory-map.
 The store's name is a hash of the file list (paths, sizes, mtimes), the image size and the
 resize mode: a changed, added or removed file gives a new key. It is written to a temp file and
 renamed into place (``xray_loss.record.atomic_path``), so a killed build never leaves a
-half-written store behind under a real name; a store damaged afterwards (truncated, unreadable
-metadata) is named in a warning and rebuilt.
+half-written store behind under a real name; its blocks are reserved before a pixel is written,
+so a full disk is one sentence naming the directory and the bytes needed, never a ``Bus error``.
+A content digest of the images, taken when the store is built, is checked whenever it is
+opened: a store damaged afterwards (truncated, overwritten in place, unreadable metadata) is
+named in a warning and rebuilt.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,11 +26,22 @@ from pathlib import Path
 import numpy as np
 
 from xray_loss.data.images import clean_reason, decode_all
+from xray_loss.data.splits import DataError
 from xray_loss.record import atomic_path
 
 log = logging.getLogger(__name__)
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 2  # 2: the meta holds the images' digest
+_CHUNK = 1 << 24
+
+
+def digest(store: Path) -> str:
+    """SHA-1 of the store's bytes (about a second per GB): what it held when it was built."""
+    h = hashlib.sha1()
+    with open(store, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def cache_key(files: Sequence[Path], image_size: int, resize: str) -> str:
@@ -87,6 +102,8 @@ def _load_store(
         problem = _npy_problem(store, shape)
         if problem:
             raise ValueError(problem)
+        if meta.get("digest") != digest(store):
+            raise ValueError("its contents changed since it was built (digest mismatch)")
         array = np.load(store, mmap_mode="r")
     except (OSError, ValueError, EOFError) as err:
         log.warning("image cache file %s is damaged (%s); rebuilding it", store, err)
@@ -145,12 +162,21 @@ def cached_images(
         return found
     _remove_stale_temps(cache_dir)
     started = time.time()
+    shape = (len(files), 1, image_size, image_size)
+    need = math.prod(shape) + 4096  # the images and the .npy header
+    free = shutil.disk_usage(cache_dir).free
+    if free < need:
+        raise DataError(_no_room(cache_dir, need, free))
     log.info("decoding %d images once into the cache %s ...", len(files), store)
     # the inner block ends first: the meta is in place before the store, never the reverse
     with atomic_path(store) as tmp_store, atomic_path(meta_path) as tmp_meta:
-        out = np.lib.format.open_memmap(
-            tmp_store, mode="w+", dtype=np.uint8, shape=(len(files), 1, image_size, image_size)
-        )
+        out = np.lib.format.open_memmap(tmp_store, mode="w+", dtype=np.uint8, shape=shape)
+        try:  # reserve the blocks: a full disk fails here, not as SIGBUS in the middle
+            with open(tmp_store, "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as err:
+            del out
+            raise DataError(_no_room(cache_dir, need, shutil.disk_usage(cache_dir).free)) from err
         bad, hashes = decode_all(files, image_size, resize, num_workers, out)
         out.flush()
         del out
@@ -160,8 +186,17 @@ def cached_images(
             "resize": resize,
             "bad": [[str(p), e] for p, e in bad],
             "hashes": hashes,
+            "digest": digest(tmp_store),
             "seconds": round(time.time() - started, 2),
         }
         tmp_meta.write_text(json.dumps(meta))
     log.info("cache built in %.1f s", time.time() - started)
     return np.load(store, mmap_mode="r"), bad, hashes
+
+
+def _no_room(cache_dir: Path, need: int, free: int) -> str:
+    return (
+        f"Not enough free space for the image cache in {cache_dir}: it needs {need / 1e6:,.1f} MB, "
+        f"{free / 1e6:,.1f} MB are free. Free some space there, point XRAY_LOSS_CACHE at a disk "
+        f"with room, or set data.cache=false (every image decoded at each access: slower)."
+    )
