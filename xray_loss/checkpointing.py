@@ -19,9 +19,11 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torchmetrics import Metric
 
+from xray_loss.record import RunStopped, atomic_path
 from xray_loss.resume import Preempted
 from xray_loss.slurm import job_id, requeue_slurm_job
 
@@ -50,6 +52,37 @@ def set_rng_states(states: dict[str, Any]) -> None:
     random.setstate((version, tuple(state), gauss))
     if states.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Every checkpoint written to a temp file and renamed over its name (the trainer's
+    ``plugins``): a full or read-only disk leaves the previous checkpoint intact, never a
+    truncated one under the real name, and stops the run with one sentence naming the path.
+    A checkpoint that cannot be loaded without running pickled code is refused, named."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        path = Path(path)
+        try:
+            with atomic_path(path) as tmp:
+                super().save_checkpoint(checkpoint, tmp, storage_options)
+        except OSError as err:
+            raise RunStopped(
+                f"Could not write the checkpoint {path} ({err.strerror or err}): free space on "
+                f"that disk or make {path.parent} writable; the checkpoints already there are "
+                f"intact, and resume=true continues from the newest."
+            ) from None
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
+        try:
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        except (OSError, EOFError) as err:
+            problem = f"cannot be read ({err})"
+        except Exception as err:  # noqa: BLE001 - torch names pickle payloads in many ways
+            problem = f"is not a plain xray_loss checkpoint ({type(err).__name__})"
+        raise RunStopped(
+            f"The checkpoint {path} {problem}: it is damaged or holds pickled code, which is never "
+            f"run. Remove it; resume=true then continues from the newest other checkpoint."
+        ) from None
 
 
 class LastCheckpoint(ModelCheckpoint):
