@@ -9,7 +9,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from xray_loss.config import ConfigError, check_config, register_resolvers, run_dirname
+from xray_loss.checks import check_config
+from xray_loss.config import ConfigError, register_resolvers, run_dirname
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 register_resolvers()
@@ -140,3 +141,37 @@ def test_epoch_budgets_with_a_schedule_are_refused():
     with pytest.raises(ConfigError, match="scheduler=none"):
         check_config(_compose("budgets=[2,4]", "epochs=4", "scheduler=cosine"))
     check_config(_compose("budgets=[2,4]", "epochs=4"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "said"),
+    [
+        (["+foo=1"], "Unknown setting foo:"),
+        (["+data.bogus=1"], "Unknown setting data.bogus: PhantomDataModule takes no bogus"),
+        (["+loss.bogus=1"], "Unknown setting loss.bogus: BCEHead"),
+        (["model=resnet18", "+model.backbone.depth=3"], "torchvision_backbone takes no depth"),
+        (["debug=tiny", "data=kermany"], "KermanyDataModule takes no"),
+        (["budgets=[1,5]", "epochs=1"], "asks for [5] epochs, but the run trains epochs=1"),
+        (["threads=abc"], "threads must be auto or an integer >= 1"),
+        (["name=../../../x"], "name must be a plain folder name under logs/"),
+    ],
+)
+def test_keys_nothing_reads_and_values_nothing_can_use_are_refused(overrides, said):
+    with pytest.raises(ConfigError) as err:
+        check_config(_compose(*overrides))
+    assert said in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["+trainer.max_time=00:00:00:05"],
+        ["+optimizer.betas=[0.9,0.99]"],
+        ["experiment=kermany_cpu"],
+        ["hparams_search=optuna"],
+        ["debug=sweep", "experiment=full_grid_budgets"],
+        ["threads=2", "name=my-study_1"],
+    ],
+)
+def test_keys_the_code_reads_pass(overrides):
+    check_config(_compose(*overrides))

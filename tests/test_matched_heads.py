@@ -20,7 +20,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.conftest import assert_ok, metrics, run_cli, run_dirs
-from xray_loss.config import ConfigError, check_config, register_resolvers
+from xray_loss.checks import check_config
+from xray_loss.config import ConfigError, register_resolvers
 from xray_loss.data.phantom import PhantomDataModule
 from xray_loss.module import XrayClassifier
 

@@ -30,7 +30,7 @@ backbone init, data order, augmentation and dropout masks.
 Weight decay and the head's learning-rate scale: the module gives the head's parameter group
 ``lr * lr_scale`` and ``weight_decay / lr_scale``, which keeps the decay of u = w1 - w0 matched
 under SGD (coupled L2) and AdamW (decoupled). Combinations that no rescaling makes exact are
-refused at config time (``xray_loss.config.matched_head_problem``).
+refused at config time (``xray_loss.checks.matched_head_problem``).
 """
 
 from __future__ import annotations

@@ -26,12 +26,8 @@ import matplotlib
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from xray_loss.config import (
-    ConfigError,
-    check_threshold,
-    quote_path_overrides,
-    setup_process,
-)
+from xray_loss.checks import check_threshold
+from xray_loss.config import ConfigError, quote_path_overrides, setup_process
 from xray_loss.data.images import ImageDecodeError, decode, display_path
 from xray_loss.gradcam import grad_cam
 from xray_loss.inference import load_classifier, operating_point, run_config

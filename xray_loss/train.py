@@ -22,7 +22,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from xray_loss.callbacks import EpochBudgets, fit_end
-from xray_loss.config import check_config, setup_process
+from xray_loss.checks import check_config
+from xray_loss.config import setup_process
 from xray_loss.dashboard import write_experiment, write_session
 from xray_loss.ddp import LocalRanks, global_rank, share_cpu_threads
 from xray_loss.identity import hyperparameters, run_configuration
@@ -125,7 +126,7 @@ def print_summary(run_dir: Path, result: dict[str, Any], cfg: DictConfig) -> Non
         f"Test (best checkpoint, threshold {result['threshold']:.3f}): "
         + ", ".join(f"{m} {test.get(f'test/{m}', float('nan')):.4f}" for m in METRICS)
         + f"\nRun directory: {run_dir}\n"
-        f"TensorBoard:   tensorboard --logdir {cfg.paths.log_dir} --host 127.0.0.1",
+        f"TensorBoard:   make tensorboard SWEEP={run_dir}",
         flush=True,
     )
 

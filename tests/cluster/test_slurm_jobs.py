@@ -78,9 +78,9 @@ SIZES = {"mid-epoch": ["epochs=6"], "epoch end": ["epochs=30", "data.n_train=16"
 
 @pytest.mark.parametrize("where", list(SIZES))
 def test_a_preempted_job_is_requeued_and_ends_as_the_uninterrupted_one(slurm, workdir, where):
-    """Two jobs of one config (``+replica`` changes nothing they compute); one of them is
-    signalled mid-training as SLURM does before preemption, checkpoints, requeues itself and
-    resumes. Both end bit for bit alike."""
+    """Two jobs of one config (the last.ckpt cadence changes nothing they compute); the second
+    (cadence 1) is signalled mid-training as SLURM does before preemption, checkpoints,
+    requeues itself and resumes. Both end bit for bit alike."""
     args = [
         "-m",
         "debug=tiny",
@@ -90,7 +90,7 @@ def test_a_preempted_job_is_requeued_and_ends_as_the_uninterrupted_one(slurm, wo
         "threads=1",
         "data.augment.enabled=true",
         "model.backbone.dropout=0.3",
-        "+replica=0,1",
+        "checkpoint_every_n_epochs=3,1",
         *launcher(slurm),
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "XRAY_LOSS_CACHE": str(workdir / "cache")}
@@ -103,9 +103,10 @@ def test_a_preempted_job_is_requeued_and_ends_as_the_uninterrupted_one(slurm, wo
         text=True,
     )
     try:
-        # signal replica 1 once its first epoch is done
+        # signal job 1 once its first epoch is done
         deadline = time.monotonic() + 180
-        while not list(workdir.glob("logs/train/multirun/*/*replica=1*/checkpoints/last.ckpt")):
+        pattern = "logs/train/multirun/*/*checkpoint_every_n_epochs=1*/checkpoints/last.ckpt"
+        while not list(workdir.glob(pattern)):
             assert sweep_proc.poll() is None, sweep_proc.stdout.read()[-3000:]
             assert time.monotonic() < deadline, f"no first epoch: {slurm.squeue()}"
             time.sleep(0.05)
@@ -119,8 +120,8 @@ def test_a_preempted_job_is_requeued_and_ends_as_the_uninterrupted_one(slurm, wo
     assert "Sweep finished: 2 of 2 job(s) completed" in out
 
     sweep = the_sweep(workdir)
-    plain, preempted = sorted(run_dirs(sweep), key=lambda r: r.name)  # replica=0, replica=1
-    assert "replica=1" in preempted.name
+    preempted, plain = sorted(run_dirs(sweep), key=lambda r: r.name)  # cadence 1, cadence 3
+    assert "checkpoint_every_n_epochs=1" in preempted.name
     record, ref = metrics(preempted), metrics(plain)
     assert record["status"] == ref["status"] == "completed"
     assert "resumes" not in ref
