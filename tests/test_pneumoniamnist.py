@@ -83,3 +83,18 @@ def test_images_repeated_across_official_splits_are_dropped_from_the_lower_split
         for image in dm.splits[name].images:
             seen.setdefault(image.numpy().tobytes(), set()).add(name)
     assert all(len(s) == 1 for s in seen.values())
+
+
+@pytest.mark.parametrize("content", ["random", "pickled"])
+def test_a_file_that_is_not_an_npz_of_arrays_is_named_without_unsafe_advice(tmp_path, content):
+    path = tmp_path / "pneumoniamnist_64.npz"
+    if content == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    else:
+        make_pneumoniamnist(tmp_path, 64, train_labels=np.array([{"a": 1}] * 40, dtype=object))
+    with pytest.raises(DataError) as err:
+        dm = PneumoniaMNISTDataModule(root=str(tmp_path), size=64)
+        dm.setup("fit")
+    message = str(err.value)
+    assert str(path) in message and "not a valid PneumoniaMNIST npz" in message
+    assert "allow_pickle" not in message and "trust" not in message

@@ -147,3 +147,26 @@ def test_the_commands_exit_non_zero_with_one_message_and_no_traceback(workdir, c
     assert "No readable image in inputs=" in proc.stderr and "Traceback" not in proc.stderr
     (csv_path,) = (workdir / "logs").rglob("predictions.csv")
     assert "skipped: cannot identify image file" in csv_path.read_text()
+
+
+@pytest.mark.parametrize("kind", ["directory", "random", "pickled"])
+def test_a_checkpoint_path_that_is_no_checkpoint_says_what_it_is(tmp_path, kind):
+    from xray_loss.inference import CheckpointError, load_classifier
+
+    path = tmp_path / "run" / "best.ckpt"
+    path.parent.mkdir()
+    if kind == "directory":
+        path = path.parent
+    elif kind == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    else:
+        import torch
+
+        torch.save({"state_dict": {}, "payload": Path("x")}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_classifier(path)
+    message = str(err.value)
+    assert str(path) in message and "\n" not in message
+    assert "weights_only" not in message and "trust" not in message
+    if kind == "directory":
+        assert "is a directory" in message

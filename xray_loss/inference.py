@@ -23,8 +23,9 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> XrayClassifi
     """Rebuild a trained model from its checkpoint alone (``weights_only``: no pickled code)."""
     path = Path(path).expanduser()
     if not path.is_file():
+        found = "is a directory" if path.is_dir() else "does not exist"
         raise CheckpointError(
-            f"ckpt_path={path} does not exist. Give a checkpoint written by "
+            f"ckpt_path={path} {found}. Give a checkpoint file written by "
             f"`python -m xray_loss.train`: <run dir>/checkpoints/best-epochNNN.ckpt or last.ckpt."
         )
     try:
@@ -33,6 +34,8 @@ def load_classifier(path: str | Path, map_location: str = "cpu") -> XrayClassifi
         )
     except Exception as err:  # corrupt file, foreign checkpoint, other architecture
         reason = str(err).strip().splitlines()[0][:300] if str(err).strip() else ""
+        if "weights_only" in str(err) or "pickle" in str(err).lower():  # torch's unsafe advice
+            reason = "it holds pickled objects, which are never loaded"
         raise CheckpointError(
             f"Could not load {path} as an xray_loss checkpoint ({type(err).__name__}: {reason}). "
             f"Expected an intact checkpoint written by `python -m xray_loss.train` (best-*.ckpt "

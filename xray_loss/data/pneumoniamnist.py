@@ -33,9 +33,20 @@ def npz_name(size: int) -> str:
 def read_npz(path: Path, size: int) -> dict[str, Split]:
     """The three official splits from a PneumoniaMNIST npz, checked for keys and shapes."""
     try:
-        data = np.load(path)
-    except (OSError, ValueError) as err:
-        raise DataError(f"{path} is not a readable npz file ({err}).") from None
+        return _read_npz(path, size)
+    except (OSError, ValueError, EOFError) as err:
+        if isinstance(err, DataError):
+            raise
+        # numpy's own message may advise allow_pickle=True: pickled objects are never loaded
+        reason = "it holds pickled objects" if "pickle" in str(err) else type(err).__name__
+        raise DataError(
+            f"{path} is not a valid PneumoniaMNIST npz file ({reason}): expected a MedMNIST v2 "
+            f"npz of uint8 arrays ({', '.join(KEYS)}); download it again."
+        ) from None
+
+
+def _read_npz(path: Path, size: int) -> dict[str, Split]:
+    data = np.load(path, allow_pickle=False)
     with data:
         missing = [k for k in KEYS if k not in data.files]
         if missing:
