@@ -90,6 +90,7 @@ def test_a_run_killed_twice_and_resumed_ends_bit_for_bit_as_the_uninterrupted_on
     run = first.parent.parent
     assert step_of(first) == 3 * STEPS_PER_EPOCH
     assert metrics(run)["status"] == "running"
+    first_started = metrics(run)["started"]
     # 2. resumed, then killed mid-epoch (resumes from resume.ckpt: the rest of that epoch)
     proc = start(workdir, *args, "resume=true")
     second = kill_when_newest(proc, workdir, "resume.ckpt", after=first)
@@ -102,7 +103,12 @@ def test_a_run_killed_twice_and_resumed_ends_bit_for_bit_as_the_uninterrupted_on
     record, ref = metrics(run), metrics(ref_run)
     assert record["status"] == "completed"
     assert [Path(r["checkpoint"]).name for r in record["resumes"]] == ["last.ckpt", "resume.ckpt"]
-    assert record["resumes"][1]["interrupted"] is None  # SIGKILL: nothing could be noted
+    # the history is kept: the first start, every attempt's time, how each attempt ended
+    assert record["started"] == first_started
+    for resumed in record["resumes"]:  # SIGKILL: the attempt noted nothing, the record says so
+        assert resumed["interrupted"]["reason"].startswith("killed without notice")
+    last = _seconds(record["finished"]) - _seconds(record["attempt_started"])
+    assert record["wall_time_s"] > last + 1  # the killed attempts' time up to their checkpoints
     for key in ("best_epoch", "best_val_auroc", "epochs_trained", "threshold", "val", "test"):
         assert record[key] == ref[key], key
     assert Path(record["best_checkpoint"]).name == Path(ref["best_checkpoint"]).name
@@ -131,6 +137,12 @@ def test_a_run_killed_twice_and_resumed_ends_bit_for_bit_as_the_uninterrupted_on
         for metric, state in want["metric_states"].items():
             for key, value in state["states"].items():
                 assert torch.equal(got["metric_states"][metric]["states"][key], value), metric
+
+
+def _seconds(iso: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(iso).timestamp()
 
 
 def _tensors(tree, prefix=""):

@@ -128,7 +128,10 @@ class RunRecord:
             write_json_atomic(self.path, self.data)
 
     def start(self, **fields: Any) -> None:
-        self.data = {"status": "running", "started": now_iso(), **fields}
+        """A new attempt: ``started`` is the run's first (kept by a resume), ``attempt_started``
+        this one's."""
+        now = now_iso()
+        self.data = {"status": "running", "started": now, "attempt_started": now, **fields}
         if self.write:
             write_json_atomic(self.path, self.data)
 
@@ -141,16 +144,40 @@ class RunRecord:
 class Run:
     """What :func:`recorded_run` hands the block: the record, and where to resume from."""
 
-    def __init__(self, record: RunRecord, skip: bool, resume_from: str | None) -> None:
+    def __init__(
+        self, record: RunRecord, skip: bool, resume_from: str | None, before: float = 0.0
+    ) -> None:
         self.record, self.skip, self.resume_from = record, skip, resume_from
         self.started = time.time()
+        self.before = before  # wall time of the attempts this one continues
 
     def finish(self, result: dict[str, Any]) -> None:
         """The run completed: record its results (rank 0 writes them)."""
         self.record.finish("completed", **result, wall_time_s=self.elapsed())
 
     def elapsed(self) -> float:
-        return round(time.time() - self.started, 2)
+        """Wall time of the whole run: every attempt, this one so far included."""
+        return round(self.before + time.time() - self.started, 2)
+
+
+def _attempt(previous: dict[str, Any], checkpoint: Path) -> tuple[dict[str, Any], float]:
+    """How the attempt a resume continues ended, and the wall time of all attempts so far. A
+    killed attempt (SIGKILL, out of memory) noted nothing: its time is counted up to the
+    checkpoint it left, the last sign of it."""
+    saved = checkpoint.stat().st_mtime
+    interrupted = previous.get("interrupted") or {
+        "reason": "killed without notice (SIGKILL, out of memory, a lost node): nothing noted",
+        "last_checkpoint_at": datetime.fromtimestamp(saved, timezone.utc).isoformat(
+            timespec="seconds"
+        ),
+    }
+    if "wall_time_s" in previous:
+        return interrupted, float(previous["wall_time_s"])
+    try:
+        began = datetime.fromisoformat(previous["attempt_started"]).timestamp()
+        return interrupted, float(previous.get("wall_time_before_s", 0.0)) + max(0.0, saved - began)
+    except (KeyError, ValueError, TypeError):
+        return interrupted, float(previous.get("wall_time_before_s", 0.0))
 
 
 @contextmanager
@@ -184,24 +211,28 @@ def recorded_run(run_dir: Path, resume: bool, rank: int = 0, **start_fields: Any
         found = resume_checkpoint(Path(run_dir))
         resume_from = str(found) if found else None
     resumes = list(previous.get("resumes", [])) if resume_from else []
+    before, history = 0.0, {}
     if resume_from:
+        interrupted, before = _attempt(previous, Path(resume_from))
         if rank == 0:
             drop_lost_checkpoints(Path(resume_from))
         resumes.append(
             {
                 "checkpoint": resume_from,
                 "at": now_iso(),
-                "interrupted": previous.get("interrupted"),
+                "interrupted": interrupted,
                 **({"slurm_restart_count": slurm_restarts()} if requeued else {}),
             }
         )
+        history = {"started": previous.get("started", now_iso()), "wall_time_before_s": before}
     record.start(
         run_dir=str(run_dir),
         resumed_from=resume_from,
         **({"resumes": resumes} if resumes else {}),
         **start_fields,
+        **history,
     )
-    run = Run(record, skip=False, resume_from=resume_from)
+    run = Run(record, skip=False, resume_from=resume_from, before=before)
     try:
         yield run
     except (RunStopped, ValueError, FileNotFoundError, CompactHydraException) as err:
