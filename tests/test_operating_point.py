@@ -7,6 +7,7 @@ import csv
 import functools
 import json
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
@@ -310,6 +311,26 @@ def test_source_and_rule_round_trip_through_checkpoint_metrics_eval_and_predict(
         t == pytest.approx(new["value"], abs=1e-6) for t in thresholds
     )
     sidecar_path(best).unlink()
+
+    # a checkpoint on a read-only disk: the before and after are printed, the failure named
+    disk = workdir / "ro"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        shutil.copy(best, disk / best.name)
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        proc = run_cli(
+            f"ckpt_path={disk / best.name}",
+            f"recalibrate={site}",
+            module="xray_loss.eval",
+            cwd=workdir,
+        )
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        assert "before" in proc.stdout and "after" in proc.stdout
+        assert str(sidecar_path(disk / best.name)) in proc.stderr and "writable" in proc.stderr
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
     shutil.rmtree(site)
 
 

@@ -168,7 +168,6 @@ def recalibrate(cfg: DictConfig, model, out: Path) -> dict[str, Any]:
     if point.get("warning"):
         log.warning("%s", point["warning"])
     sidecar = sidecar_path(cfg.ckpt_path)
-    write_json_atomic(sidecar, {**point, "checkpoint": str(Path(cfg.ckpt_path).resolve())})
     metrics = {
         "before": {"threshold": before, **_floats(binary_metrics(probs, sample.labels, before))},
         "after": {
@@ -176,9 +175,6 @@ def recalibrate(cfg: DictConfig, model, out: Path) -> dict[str, Any]:
             **_floats(binary_metrics(probs, sample.labels, point["value"])),
         },
     }
-    record = RunRecord(out)
-    record.start(ckpt_path=str(Path(cfg.ckpt_path).resolve()), recalibrate=str(folder))
-    record.finish("completed", operating_point=point, sidecar=str(sidecar), sample=metrics)
     lines = [f"\nOperating point on {folder}: {describe(point)}"]
     for name in ("sensitivity", "specificity"):
         if name in point:
@@ -193,8 +189,20 @@ def recalibrate(cfg: DictConfig, model, out: Path) -> dict[str, Any]:
             f"  {when:12s}{m['threshold']:10.3f}{m['acc']:8.3f}{m['sensitivity']:8.3f}"
             f"{m['specificity']:8.3f}{m['auroc']:8.3f}"
         )
-    lines.append(f"Written beside the checkpoint: {sidecar} (eval and predict use it)")
-    print("\n".join(lines), flush=True)
+    print("\n".join(lines), flush=True)  # what was computed, even if it cannot be kept
+    try:
+        write_json_atomic(sidecar, {**point, "checkpoint": str(Path(cfg.ckpt_path).resolve())})
+    except OSError as err:
+        raise ConfigError(
+            f"Could not write the operating point beside the checkpoint, {sidecar} "
+            f"({err.strerror or err}): make {sidecar.parent} writable (or copy the checkpoint "
+            f"somewhere writable) and run the same command again; the numbers above are its "
+            f"before and after."
+        ) from None
+    print(f"Written beside the checkpoint: {sidecar} (eval and predict use it)", flush=True)
+    record = RunRecord(out)
+    record.start(ckpt_path=str(Path(cfg.ckpt_path).resolve()), recalibrate=str(folder))
+    record.finish("completed", operating_point=point, sidecar=str(sidecar), sample=metrics)
     return record.data
 
 
