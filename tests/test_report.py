@@ -26,43 +26,60 @@ def test_report_writes_the_study_figures_and_summary(study_sweep, tmp_path):
     for fig in figures.values():
         assert all(Path(p).stat().st_size > 5000 for p in fig["files"])
         assert {Path(p).suffix for p in fig["files"]} == {".png", ".pdf"}
-    # the data behind the figures: 4 panels, one series per compared value, seeds kept
+    # the data behind the figures: BCE vs CE at every lr (a column each), 4 curves, seeds kept
+    lrs = ["lr=1e-05", "lr=0.0001", "lr=0.001"]
     fig1 = figures["fig1_loss_compare"]["data"]
-    assert list(fig1["panels"]) == ["train/acc", "val/acc", "train/loss", "val/loss"]
-    assert all(set(series) == {"BCE", "CE"} for series in fig1["panels"].values())
-    ce = fig1["panels"]["val/loss"]["CE"]
+    assert fig1["columns"] == lrs
+    for column in lrs:
+        assert list(fig1["panels"][column]) == ["train/acc", "val/acc", "train/loss", "val/loss"]
+        assert all(set(series) == {"BCE", "CE"} for series in fig1["panels"][column].values())
+    ce = fig1["panels"]["lr=1e-05"]["val/loss"]["CE"]
     assert ce["epochs"] == [1, 2, 3, 4, 5]  # epochs=100 scaled to 5
     assert len(ce["seeds"]) == 2 and ce["mean"] == pytest.approx(
         [sum(v) / 2 for v in zip(*ce["seeds"], strict=True)]
     )
-    # titles name what is held fixed and mark the dry run
-    assert "lr=1e-05" in fig1["title"] and "batch_size=32" in fig1["title"]
-    assert "dry run: 100 epochs nominal, 5 trained" in fig1["title"]
-    assert "loss=" not in fig1["title"].split("\n")[1]  # the compared axis is not "held"
-    # epochs: what the budget changes, not three overlapping prefixes of one curve
+    # titles name what is held fixed, and why, and mark the dry run
+    title = fig1["title"].replace("\n", " ")
+    assert "one column per lr" in title and "batch_size=32" in title
+    assert "epochs=100 (longest; runs of fewer epochs are its first epochs)" in title
+    assert "dry run: 100 epochs nominal, 5 trained" in title
+    assert "loss=" not in title and "lr=" not in title  # compared or a column: not "held"
+    # epochs: what the budget changes, per head and lr, not overlapping prefixes of one curve
     budget = figures["fig2_epochs"]["data"]
-    assert budget["budgets"] == [10, 30, 100]
-    assert budget["trained"] == {10: [1, 1], 30: [2, 2], 100: [5, 5]}
-    assert all(len(budget["test"]["auroc"][b]) == 2 for b in (10, 30, 100))
-    assert all(
-        1 <= e <= t
-        for b in (10, 30, 100)
-        for e, t in zip(budget["best_epoch"][b], budget["trained"][b], strict=True)
-    )
-    assert budget["val_auroc"]["epochs"] == [1, 2, 3, 4, 5]
-    assert "loss=ce" in budget["title"] and "lr=1e-05" in budget["title"]
-    assert "dry run: 10/30/100 epochs nominal, 1/2/5 trained" in budget["title"]
-    assert set(figures["fig2_lr"]["data"]["panels"]["train/loss"]) == {
-        "lr=1e-05",
-        "lr=0.0001",
-        "lr=0.001",
-    }
+    assert budget["values"] == [10, 30, 100] and budget["columns"] == lrs
+    for column in lrs:
+        panel = budget["panels"][column]
+        assert set(panel["test"]["auroc"]) == {"BCE", "CE"}
+        assert all(len(panel["test"]["auroc"]["CE"][b]) == 2 for b in (10, 30, 100))
+        assert all(b[0] <= b[1] for b in panel["ci"]["BCE"].values())  # test-sampling bars
+        for head in ("BCE", "CE"):
+            stops = panel["budgets"][head]
+            assert {b: v["trained"] for b, v in stops.items()} == {
+                10: [1, 1],
+                30: [2, 2],
+                100: [5, 5],
+            }
+            assert all(1 <= e <= max(v["trained"]) for v in stops.values() for e in v["best_epoch"])
+            assert panel["val_auroc"][head]["epochs"] == [1, 2, 3, 4, 5]
+    title = budget["title"].replace("\n", " ")
+    assert "one column per lr" in title and "lr=1e-05" not in title
+    assert "dry run: 10/30/100 epochs nominal, 1/2/5 trained" in title
+    fig2_lr = figures["fig2_lr"]["data"]
+    assert fig2_lr["columns"] == ["BCE", "CE"]  # both heads
+    assert all(set(fig2_lr["panels"][h]["train/loss"]) == set(lrs) for h in ("BCE", "CE"))
     calibration = figures["calibration"]["data"]
-    assert {"bce", "ce"} <= set(calibration) and calibration["bce"]["bins"] == 10
-    assert "10 equal-width bins" in calibration["title"] and "lr=1e-05" in calibration["title"]
+    assert calibration["columns"] == lrs and calibration["bins"] == 10
+    title = calibration["title"].replace("\n", " ")
+    assert "10 equal-width bins" in title and "epochs=100" in title
     # summary: 18 configurations x 2 seeds, CIs, one best row, paired BCE vs CE tests
     rows = written["summary"]
     assert len(rows) == 18 and all(r["n"] == 2 for r in rows)
+    # the calibration figure's ECE is the table's (mean over runs of each run's ECE)
+    for column, lr in zip(lrs, (1e-5, 1e-4, 1e-3), strict=True):
+        for head in ("bce", "ce"):
+            (row,) = [r for r in rows if (r["loss"], r["lr"], r["epochs"]) == (head, lr, 100)]
+            drawn = calibration["panels"][column][head.upper()]
+            assert drawn["ece"] == pytest.approx(row["ece_mean"]) and drawn["runs"] == 2
     assert sum(r["best"] for r in rows) == 1
     assert all(r["auroc_ci_low"] <= r["auroc_mean"] + 0.2 for r in rows)
     tests = written["tests"]
@@ -73,6 +90,9 @@ def test_report_writes_the_study_figures_and_summary(study_sweep, tmp_path):
     assert "**" in text and "BCE vs CE" in text and "Skipped runs" in text
     assert "Fixed in every run: " in text and "batch_size=32" in text.split("\n\n")[2]
     assert "Dry run" in text and "18 pairs from 2 seed(s)" in text
+    images = rows[0]["test_images"]
+    assert f"Test set: {images} images (" in text and "normal) in every run." in text
+    assert "| AUROC | AUROC seed range | AUROC 95% CI, test sampling |" in text
     # numbers in numeric order: 1e-05 before 0.0001 before 0.001, 10 before 30 before 100
     table = [line for line in text.splitlines() if line.startswith("| ")][1:19]
     assert text.split("| loss | lr | epochs | n |")[1]  # the columns: loss, lr, epochs
@@ -95,6 +115,8 @@ def test_report_command_line(study_sweep, tmp_path):
             str(tmp_path / "r"),
             "--compare",
             "lr",
+            "--compare",
+            "epochs",
             "--bootstrap",
             "50",
         ],
@@ -103,6 +125,9 @@ def test_report_command_line(study_sweep, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "skipped" in proc.stdout and (tmp_path / "r" / "compare_lr.png").exists()
+    # fig2_epochs already draws the metrics against the epochs: no duplicate
+    assert "--compare epochs: drawn as fig2_epochs" in proc.stdout
+    assert not (tmp_path / "r" / "compare_epochs.png").exists()
     bad = subprocess.run(
         [sys.executable, "-m", "xray_loss.report", str(study_sweep), "--compare", "colour"],
         capture_output=True,

@@ -204,12 +204,61 @@ def test_eval_and_recalibrate_records_are_not_training_runs(tmp_path):
 
 
 def test_one_repeat_has_no_std(tmp_path):
+    """summary.md marks an undefined number "-" (one repeat's std, its range), never 0."""
     write(tmp_path / "logs" / "only", training_record(0, auroc=0.912))
     written, text = report(tmp_path)
     assert math.isnan(written["summary"][0]["auroc_std"])
-    assert "0.912 ± n/a" in text and "± 0.000" not in text
+    assert "0.912 ± -" in text and "± 0.000" not in text and "n/a" not in text
+    (row,) = [line for line in text.splitlines() if line.startswith("| **1** |")]
+    assert "| **0.912 ± -** | **-** |" in row  # AUROC, then its seed range: undefined
     with open(tmp_path / "report" / "summary.csv") as f:
         assert list(csv.DictReader(f))[0]["auroc_std"] == ""
+
+
+def predictions(run_dir: Path, probs: list[float], patients: bool) -> None:
+    """test_predictions.csv as the test report writes it: 2 images per patient."""
+    labels = [0, 1] * (len(probs) // 2)
+    header = "label,prob" + (",patient" if patients else "")
+    lines = [
+        f"{y},{p}" + (f",p{i // 2}" if patients else "")
+        for i, (y, p) in enumerate(zip(labels, probs, strict=True))
+    ]
+    (run_dir / "test_predictions.csv").write_text("\n".join([header, *lines]) + "\n")
+
+
+def test_summary_says_what_each_interval_covers_and_the_test_size(tmp_path):
+    """Seeds' spread (mean ± std, range) and the test-sampling bootstrap interval are
+    separate, labelled columns; the test set's images and patients are stated; the ECE is
+    the mean over runs of each run's ECE."""
+    logs = tmp_path / "logs"
+    for seed, skill in enumerate((0.2, 0.6)):
+        probs = [
+            round(0.5 + (skill / 2 if i % 2 else -skill / 2) + 0.01 * (i % 7), 3) for i in range(40)
+        ]
+        predictions(
+            write(logs / f"seed={seed}", training_record(seed, auroc=0.6 + seed / 5)), probs, True
+        )
+    written, text = report(tmp_path)
+    assert "Test set: 40 images of 20 patients (20 pneumonia, 20 normal) in every run." in text
+    header = next(line for line in text.splitlines() if line.startswith("| n |"))
+    for column in ("AUROC", "AUROC seed range", "AUROC 95% CI, test sampling", "ECE"):
+        assert f"| {column} |" in header
+    assert "**AUROC seed range**: the lowest and highest test AUROC among the n repeats" in text
+    assert "resampling test patients (all images of a patient together)" in text
+    assert "It leaves seeds out, so it can be narrower than the seed range" in text
+    assert "then mean ± std over the repeats; the calibration figure shows the same" in text
+    row = written["summary"][0]
+    assert (row["auroc_seed_min"], row["auroc_seed_max"]) == (
+        pytest.approx(0.6),
+        pytest.approx(0.8),
+    )
+    assert "0.600–0.800" in text
+    assert (row["test_images"], row["test_patients"]) == (40, 20)
+    calibration = written["figures"]["calibration"]["data"]["panels"][""]["CE"]
+    assert calibration["ece"] == pytest.approx(row["ece_mean"])
+    with open(tmp_path / "report" / "summary.csv") as f:
+        saved = list(csv.DictReader(f))[0]
+    assert saved["auroc_ci_unit"] == "patients" and saved["test_patients"] == "20"
 
 
 def test_a_diverged_budget_run_keeps_the_budgets_it_tested(tmp_path):

@@ -7,15 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from matplotlib import pyplot as plt
 
-from xray_loss.report.figures import calibration_figure
+from xray_loss.report.calibration import calibration_figure
+from xray_loss.report.paired import paired_loss_tests, sign_flip_test
 from xray_loss.report.runs import Run, columns
 from xray_loss.report.stats import (
     ECE_BINS,
     bootstrap_auroc_ci,
     expected_calibration_error,
-    paired_loss_tests,
-    sign_flip_test,
     summarise,
     summary_rows,
 )
@@ -118,10 +118,12 @@ def test_reliability_diagram_and_its_ece_use_the_same_bins():
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 2, 500)
     probs = np.clip(labels * 0.5 + rng.random(500) * 0.5, 0, 1)
-    _, data = calibration_figure([_run(record(), labels, probs)])
-    assert data["bce"]["bins"] == ECE_BINS
-    assert data["bce"]["ece"] == pytest.approx(expected_calibration_error(labels, probs, ECE_BINS))
-    assert len(data["bce"]["confidence"]) <= ECE_BINS
+    fig, data = calibration_figure([_run(record(), labels, probs)])
+    plt.close(fig)
+    drawn = data["panels"][""]["BCE"]  # one run: one panel, no columns
+    assert data["bins"] == ECE_BINS and len(drawn["counts"]) == ECE_BINS
+    assert drawn["ece"] == pytest.approx(expected_calibration_error(labels, probs, ECE_BINS))
+    assert len(drawn["confidence"]) <= ECE_BINS and sum(drawn["counts"]) == 500
 
 
 def test_summary_rows_name_the_bootstrap_unit():

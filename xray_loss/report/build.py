@@ -6,27 +6,31 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from xray_loss.report.figures import (
-    STUDY_FIGURES,
-    budget_figure,
-    calibration_figure,
-    compare_figure,
-    dry_run_note,
-    held,
-    save,
-)
-from xray_loss.report.runs import (
-    budget_name,
-    columns,
-    confounds,
-    drop_duplicates,
-    load_runs,
-    slice_for,
-)
-from xray_loss.report.stats import paired_loss_tests, summary_rows
+from xray_loss.report.calibration import calibration_figure
+from xray_loss.report.figures import compare_figure, save, sweep_figure
+from xray_loss.report.paired import paired_loss_tests
+from xray_loss.report.panels import STUDY_FIGURES, dry_run_note, held, intervals
+from xray_loss.report.runs import budget_name, columns, confounds, drop_duplicates, load_runs
+from xray_loss.report.stats import summary_rows
 from xray_loss.report.tables import write_summary
 
 log = logging.getLogger("xray_loss.report")
+
+
+def figure_jobs(compare: list[str], present: list[str]) -> dict[str, tuple[str, str]]:
+    """The figures to draw: the study's, where their axis varies, and per ``--compare AXIS``
+    the best-checkpoint test metrics against it (``compare_AXIS``), unless a study figure
+    already draws that (``fig2_epochs`` for epochs)."""
+    jobs = {name: job for name, job in STUDY_FIGURES.items() if job[0] in present}
+    drawn = {axis for axis, kind in jobs.values() if kind == "sweep"}
+    for axis in compare:
+        if axis in present and axis not in drawn:
+            jobs[f"compare_{axis}"] = (axis, "sweep")
+        elif axis in drawn:
+            print(f"--compare {axis}: drawn as fig2_{axis}")
+        else:
+            print(f"--compare {axis}: {axis} does not vary between these runs")
+    return jobs
 
 
 def make_report(
@@ -57,22 +61,14 @@ def make_report(
         "duplicates": duplicates,
         "runs": len(runs),
     }
-    jobs = dict(STUDY_FIGURES)
-    for axis in compare or []:
-        jobs[f"compare_{axis}"] = (axis, {}, "curves")
-    present = columns([r.record for r in runs])
-    for name, (axis, prefer, kind) in jobs.items():
-        if kind == "budgets" and axis in present:
-            fig, data = budget_figure(runs, prefer)
-        elif kind == "curves" and axis in present:
-            fig, data = compare_figure(runs, axis, prefer)
-        else:
-            continue
-        written["figures"][name] = {"files": save(fig, out, name), "data": data}
-    loss_runs, _ = slice_for(runs, "loss", STUDY_FIGURES["fig1_loss_compare"][1])
-    fig, data = calibration_figure(loss_runs)
-    written["figures"]["calibration"] = {"files": save(fig, out, "calibration"), "data": data}
     cols, rows = summary_rows(runs, n_boot)
+    ci = (cols, intervals(cols, rows))
+    for name, (axis, kind) in figure_jobs(compare or [], columns([r.record for r in runs])).items():
+        fig, data = sweep_figure(runs, axis, ci) if kind == "sweep" else compare_figure(runs, axis)
+        written["figures"][name] = {"files": save(fig, out, name), "data": data}
+    if any(r.labels is not None for r in runs):
+        fig, data = calibration_figure(runs)
+        written["figures"]["calibration"] = {"files": save(fig, out, "calibration"), "data": data}
     tests = paired_loss_tests(runs)
     write_summary(
         out,

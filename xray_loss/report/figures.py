@@ -1,14 +1,16 @@
-"""The report's figures. What each study figure shows is data (:data:`STUDY_FIGURES`); three
-functions draw them: curves along an axis, test metrics against the epoch budget, and the
-reliability diagram. Each returns its figure and the data it plotted (what the tests check).
+"""The report's figures, in small multiples (``report.panels`` picks the panels): per-epoch
+curves along an axis, and test metrics against an axis (the epoch budget). Each returns its
+figure and the data it plotted (what the tests check); ``report.calibration`` draws the
+reliability diagram.
 
-Seeds are drawn as thin lines (or dots) with their mean thick, so a split between seeds stays
-visible; every title names the settings held fixed, those that vary only together with the
-compared axis (``report.runs.confounds``), and a dry run (``epochs_scale``) says so.
+Seeds are drawn as thin lines (line style = seed) or dots with their mean thick, so a split
+between seeds stays visible; the test-sampling interval, where drawn, is a bar labelled as
+such. Every title names the settings held and why, confounds, and a dry run.
 """
 
 from __future__ import annotations
 
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -18,252 +20,239 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from xray_loss.metrics import AXES, CURVES  # noqa: E402
-from xray_loss.report.runs import (  # noqa: E402
-    Run,
-    confounds,
-    format_value,
-    slice_for,
-    sort_key,
-    value,
+from xray_loss.metrics import CURVES  # noqa: E402
+from xray_loss.report.panels import (  # noqa: E402
+    interval_key,
+    label,
+    layout,
+    seed_styles,
+    series_styles,
+    title_text,
 )
-from xray_loss.report.stats import ECE_BINS, expected_calibration_error  # noqa: E402
+from xray_loss.report.runs import Run, format_value, sort_key, value  # noqa: E402
 
-# name -> (the axis compared, the other axes held at the original study's values, the kind)
-STUDY_FIGURES: dict[str, tuple[str, dict[str, Any], str]] = {
-    "fig1_loss_compare": ("loss", {"lr": 1e-5, "epochs": 100}, "curves"),
-    "fig2_epochs": ("epochs", {"loss": "ce", "lr": 1e-5}, "budgets"),
-    "fig2_lr": ("lr", {"loss": "bce", "epochs": 100}, "curves"),
-}
 PANEL_TITLES = {"acc": "accuracy", "loss": "loss", "auroc": "AUROC"}
-COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+CI_NOTE = "bar: 95% CI of the mean over test sampling (bootstrap, models fixed; not seeds)"
 
 
-def label(axis: str, v: Any) -> str:
-    if axis == "lr":
-        return f"lr={float(v):g}"
-    return str(v).upper() if axis == "loss" else f"{axis}={format_value(v)}"
+def seed_curves(runs: list[Run], tag: str) -> tuple[list[int], list[tuple[int, list[float]]]]:
+    """Epochs every run has, and each run's (seed, values there)."""
+    series = [(r.seed, dict(r.curves.get(tag, []))) for r in runs]
+    series = [(seed, s) for seed, s in series if s]
+    if not series:
+        return [], []
+    epochs = sorted(set.intersection(*(set(s) for _, s in series)))
+    return epochs, [(seed, [s[e] for e in epochs]) for seed, s in series]
 
 
-def held(runs: list[Run], axis: str) -> dict[str, Any]:
-    """The named settings every one of these runs shares (what a title must state)."""
+def by_value(runs: list[Run], axis: str) -> dict[str, list[Run]]:
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for r in runs:
+        groups[str(value(r.record, axis))].append(r)
+    return dict(sorted(groups.items(), key=lambda kv: sort_key(kv[0])))
+
+
+def values_of(runs: list[Run], axis: str) -> dict[str, Any]:
+    """``str(value) -> value`` of an axis in these runs, in numeric order."""
+    found = {str(value(r.record, axis)): value(r.record, axis) for r in runs}
+    return dict(sorted(found.items(), key=lambda kv: sort_key(kv[1])))
+
+
+def grid(rows: int, cols: int, width: float, height: float, **kw):
+    return plt.subplots(
+        rows, cols, figsize=(width, height), dpi=110, squeeze=False, layout="constrained", **kw
+    )
+
+
+def legend(fig, handles: list, seeds: dict[int, str], notes: list[str] = ()) -> None:
+    """One legend under the panels: the series and the seeds' line styles, with the notes
+    on how to read them as its title (wrapped to the figure's width)."""
+    handles = list(handles)
+    handles += [
+        Line2D([], [], color="grey", lw=0.9, ls=style, label=f"seed {s}")
+        for s, style in seeds.items()
+    ]
+    title = textwrap.fill(" · ".join(notes), int(fig.get_figwidth() * 14)) if notes else None
+    fig.legend(
+        handles=handles,
+        loc="outside lower center",
+        ncol=max(1, min(len(handles), 8)),
+        fontsize=8,
+        title=title,
+        title_fontsize=8,
+    )
+
+
+def compare_figure(runs: list[Run], axis: str):
+    """Per-epoch curves (rows: train/val accuracy and loss), one colour per value of
+    ``axis``, one column per value of the facet (``report.panels.layout``). Thin lines are
+    seeds, the thick line their mean. Returns (figure, data)."""
+    shown = layout(runs, axis, "curves")
+    values = values_of(shown.runs, axis)
+    styles, seeds = series_styles(axis, list(values.values())), seed_styles(shown.runs)
+    ncols = max(1, len(shown.panels))
+    fig, axes = grid(len(CURVES), ncols, max(6.0, 2.6 * ncols + 1.0), 9.0, sharex=True)
+    for row in axes:  # share y within a row: the columns are compared on one scale
+        for panel in row[1:]:
+            panel.sharey(row[0])
+    data: dict[str, Any] = {"columns": [], "panels": {}}
+    handles: dict[str, Line2D] = {}
+    for j, (facet_value, members) in enumerate(shown.panels):
+        column = shown.panel_label(facet_value)
+        data["columns"].append(column)
+        data["panels"][column] = {}
+        groups = by_value(members, axis)
+        for i, tag in enumerate(CURVES):
+            panel, out = axes[i, j], {}
+            for key, group in groups.items():
+                epochs, curves = seed_curves(group, tag)
+                if not epochs:
+                    continue
+                name, style = label(axis, values[key]), styles[key]
+                for seed, s in curves:
+                    panel.plot(epochs, s, color=style["color"], lw=0.8, alpha=0.5, ls=seeds[seed])
+                mean = np.mean([s for _, s in curves], axis=0)
+                marker = "o" if len(epochs) < 3 else None  # a one-epoch series is a point
+                (line,) = panel.plot(epochs, mean, lw=2.2, marker=marker, **style, label=name)
+                handles.setdefault(name, line)
+                out[name] = {
+                    "epochs": epochs,
+                    "mean": mean.tolist(),
+                    "seeds": [s for _, s in curves],
+                    "n": len(curves),
+                }
+            data["panels"][column][tag] = out
+            split, metric = tag.split("/")
+            if i == 0:
+                panel.set_title(column or "all runs", fontsize=10)
+            if j == 0:
+                panel.set_ylabel(f"{split} {PANEL_TITLES[metric]}")
+            panel.grid(alpha=0.3)
+            panel.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes[-1, j].set_xlabel("epoch")
+    what = "BCE vs CE" if axis == "loss" else f"{axis} compared"
+    notes = ["thick: mean over seeds", "thin: each seed (line style)"]
+    legend(fig, handles.values(), seeds, notes)
+    what = f"{what}: per-epoch curves{shown.columns_note}"
+    data["title"] = title_text(what, shown, fig.get_figwidth())
+    fig.suptitle(data["title"], fontsize=10)
+    return fig, {**data, "held": shown.fixed, "reasons": shown.reasons}
+
+
+def sweep_figure(runs: list[Run], axis: str, ci: tuple[list[str], dict] | None = None):
+    """Test AUROC and accuracy of the best checkpoint against ``axis`` (x), one line per head,
+    one column per value of the facet (``lr`` for the epochs). Dots are seeds; ``ci`` (the
+    summary's columns and :func:`report.panels.intervals`) adds each configuration's
+    test-sampling interval as a bar. Along ``epochs`` a last row shows the longest runs' val
+    AUROC per head, a dashed line where each budget stops and a dot at its best checkpoint
+    (runs of 10/30/100 epochs at a constant lr are prefixes of one another)."""
+    shown = layout(runs, axis, "sweep")
+    xs = values_of(shown.runs, axis)
+    heads = values_of(shown.runs, "loss") if axis != "loss" else {"": ""}
+    styles, seeds = series_styles("loss", list(heads.values())), seed_styles(shown.runs)
+    metrics = ("auroc", "acc")
+    nrows, ncols = len(metrics) + (axis == "epochs"), max(1, len(shown.panels))
+    fig, axes = grid(nrows, ncols, max(6.0, 2.9 * ncols + 1.0), 2.5 * nrows + 1.6)
+    for row in axes:
+        for panel in row[1:]:
+            panel.sharey(row[0])
+    offsets = np.linspace(-0.1, 0.1, len(heads)) if len(heads) > 1 else [0.0]
+    data: dict[str, Any] = {"columns": [], "panels": {}, "values": list(xs.values())}
+    handles = []
+    for j, (facet_value, members) in enumerate(shown.panels):
+        column = shown.panel_label(facet_value)
+        data["columns"].append(column)
+        out: dict[str, Any] = {"test": {m: {} for m in metrics}, "ci": {}}
+        data["panels"][column] = out
+        groups = by_value(members, "loss") if axis != "loss" else {"": members}
+        for (key, head), off in zip(heads.items(), offsets, strict=True):
+            style, name = styles.get(key, {"color": "k", "ls": "-"}), label("loss", head) or "all"
+            at = by_value(groups.get(key, []), axis)
+            for i, metric in enumerate(metrics):
+                panel, per = axes[i, j], [[r.test(metric) for r in at.get(x, [])] for x in xs]
+                for k, vals in enumerate(per):
+                    dots = [k + off] * len(vals)
+                    panel.scatter(dots, vals, color=style["color"], s=12, alpha=0.6)
+                means = [float(np.nanmean(v)) if v else np.nan for v in per]
+                line = panel.plot(np.arange(len(xs)) + off, means, lw=2, marker="o", ms=4, **style)
+                if i == 0 and j == 0:
+                    handles.append(Line2D([], [], **style, lw=2, marker="o", label=name))
+                out["test"][metric][name] = dict(zip(xs.values(), per, strict=True))
+                if metric == "auroc" and ci:
+                    out["ci"][name] = _ci_bars(panel, ci, at, xs, off, line[0].get_color())
+            if axis == "epochs":
+                first = key == next(iter(heads))
+                out.setdefault("val_auroc", {})[name], out.setdefault("budgets", {})[name] = (
+                    _budget_row(axes[-1, j], at, style, seeds, first)
+                )
+        for i, metric in enumerate(metrics):
+            axes[i, j].set_xticks(range(len(xs)), [format_value(v) for v in xs.values()])
+            axes[i, j].grid(alpha=0.3)
+            if j == 0:
+                axes[i, j].set_ylabel(f"test {PANEL_TITLES[metric]}")
+        axes[0, j].set_title(column or "all runs", fontsize=10)
+        if axis == "epochs" and j == 0:
+            axes[-1, j].set_ylabel("val AUROC")
+        axes[len(metrics) - 1, j].set_xlabel("epoch budget (nominal)" if axis == "epochs" else axis)
+    notes = ["dots: each seed", "thick: mean over seeds"] + ([CI_NOTE] if ci else [])
+    if axis == "epochs":
+        notes += [
+            "bottom row: the longest runs; dashed: where each budget ends, ●: its best checkpoint"
+        ]
+    legend(fig, handles, seeds if axis == "epochs" else {}, notes)
+    per = "epoch budget" if axis == "epochs" else axis
+    what = f"BCE vs CE: best-checkpoint test metrics per {per}{shown.columns_note}"
+    data["title"] = title_text(what, shown, fig.get_figwidth())
+    fig.suptitle(data["title"], fontsize=10)
+    return fig, {**data, "held": shown.fixed, "reasons": shown.reasons}
+
+
+def _ci_bars(panel, ci, at: dict[str, list[Run]], xs: dict, off: float, color) -> dict:
+    cols, table = ci
     out = {}
-    for a in AXES:
-        if a in (axis, "seed", "max_epochs"):
+    for k, x in enumerate(xs):
+        if not at.get(x):
             continue
-        values = {str(value(r.record, a)) for r in runs}
-        if len(values) == 1:
-            out[a] = value(runs[0].record, a)
+        low, high = table.get(interval_key(cols, at[x][0].record), (np.nan, np.nan))
+        out[xs[x]] = (low, high)
+        if np.isfinite(low) and np.isfinite(high):
+            mid, half = (low + high) / 2, (high - low) / 2
+            panel.errorbar(k + off, mid, yerr=half, fmt="none", ecolor=color, capsize=3, lw=1)
     return out
 
 
-def dry_run_note(runs: list[Run]) -> str:
-    """``dry run: epochs x 0.05 (10/30/100 nominal, 1/2/5 trained)``, or nothing."""
-    pairs = sorted(
-        {
-            (int(r.config["epochs"]), int(r.config["max_epochs"]))
-            for r in runs
-            if "max_epochs" in r.config
-        }
-    )
-    if all(e == m for e, m in pairs):
-        return ""
-    nominal = "/".join(str(e) for e, _ in pairs)
-    trained = "/".join(str(m) for _, m in pairs)
-    return f"dry run: {nominal} epochs nominal, {trained} trained"
-
-
-def confound_note(runs: list[Run]) -> str:
-    """``confounded: scheduler, trainer.max_time vary with epochs``, or nothing."""
-    by_columns: dict[str, list[str]] = defaultdict(list)
-    for key, follows in confounds([r.record for r in runs]).items():
-        by_columns[", ".join(follows)].append(key)
-    return "; ".join(f"confounded: {', '.join(k)} vary with {c}" for c, k in by_columns.items())
-
-
-def suptitle(fig, what: str, runs: list[Run], axis: str) -> str:
-    settings = " · ".join(f"{k}={format_value(v)}" for k, v in held(runs, axis).items())
-    notes = [n for n in (confound_note(runs), dry_run_note(runs)) if n]
-    text = "\n".join([what, settings, *notes])
-    fig.suptitle(text, fontsize=10)
-    return text
-
-
-def seed_curves(runs: list[Run], tag: str) -> tuple[list[int], list[list[float]]]:
-    """Epochs every run has, and each run's values there (one list per seed)."""
-    series = [dict(r.curves.get(tag, [])) for r in runs]
-    series = [s for s in series if s]
-    if not series:
-        return [], []
-    epochs = sorted(set.intersection(*(set(s) for s in series)))
-    return epochs, [[s[e] for e in epochs] for s in series]
-
-
-def compare_figure(runs: list[Run], axis: str, prefer: dict[str, Any] | None = None):
-    """2 x 2 panels (train/val x accuracy/loss) per epoch, one colour per value of ``axis``:
-    thin lines are seeds, the thick line their mean. Returns (figure, data)."""
-    chosen, _ = slice_for(runs, axis, prefer or {})
-    groups: dict[str, list[Run]] = defaultdict(list)
-    for r in chosen:
-        groups[str(value(r.record, axis))].append(r)
-    fig, axes = plt.subplots(2, 2, figsize=(9.5, 7), dpi=110, sharex=True)
-    panels: dict[str, dict[str, dict]] = {}
-    for panel, tag in zip(axes.flat, CURVES, strict=True):
-        panels[tag] = {}
-        for i, v in enumerate(sorted(groups, key=sort_key)):
-            epochs, seeds = seed_curves(groups[v], tag)
-            if not epochs:
-                continue
-            color, name = COLORS[i % len(COLORS)], label(axis, v)
-            for s in seeds:
-                panel.plot(epochs, s, color=color, lw=0.7, alpha=0.35)
-            mean = np.mean(seeds, axis=0)
-            marker = "o" if len(epochs) < 3 else None  # a one-epoch series is a point
-            panel.plot(
-                epochs, mean, color=color, lw=2, marker=marker, label=f"{name} (n={len(seeds)})"
-            )
-            panels[tag][name] = {"epochs": epochs, "mean": mean.tolist(), "seeds": seeds}
-        split, metric = tag.split("/")
-        panel.set_title(f"{split} {PANEL_TITLES[metric]}", fontsize=10)
-        panel.set_ylabel(PANEL_TITLES[metric])
-        panel.grid(alpha=0.3)
-        panel.xaxis.set_major_locator(MaxNLocator(integer=True))
-    for panel in axes[1]:
-        panel.set_xlabel("epoch")
-    handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=max(1, len(labels)), fontsize=9)
-    title = suptitle(
-        fig, f"{axis} compared: thick = mean over seeds, thin = each seed", chosen, axis
-    )
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    return fig, {"title": title, "panels": panels, "held": held(chosen, axis)}
-
-
-def budget_points(runs: list[Run]) -> dict[int, list[dict[str, Any]]]:
-    """Per nominal epoch budget, the best-checkpoint test results of each run of that many
-    epochs (a run with ``budgets=[...]`` was read as its shorter runs, report.records)."""
-    points: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    for r in runs:
-        points[int(r.config.get("epochs", 0))].append(
-            {
-                "seed": r.seed,
-                "run": r,
-                "test": r.record.get("test", {}),
-                "best_epoch": r.record.get("best_epoch"),
-                "epochs_trained": r.config.get("max_epochs"),
-            }
-        )
-    return dict(sorted(points.items()))
-
-
-def budget_figure(runs: list[Run], prefer: dict[str, Any] | None = None):
-    """What the epoch budget changes. Runs of 10/30/100 epochs at a constant lr are prefixes
-    of one another, so their curves coincide; this shows instead (left) the test metrics of
-    the best checkpoint within each budget and (right) the longest runs' val AUROC with a line
-    where each budget stops and a dot at the epoch its best checkpoint came from."""
-    chosen, _ = slice_for(runs, "epochs", prefer or {})
-    points = budget_points(chosen)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4.4), dpi=110)
-    budgets = list(points)
-    data: dict[str, Any] = {"budgets": budgets, "test": {}, "best_epoch": {}, "trained": {}}
-    for color, metric in zip(COLORS, ("auroc", "acc"), strict=False):
-        per = [[float(p["test"].get(f"test/{metric}", np.nan)) for p in points[b]] for b in budgets]
-        for x, values in enumerate(per):
-            left.scatter([x] * len(values), values, color=color, s=14, alpha=0.45)
-        means = [float(np.nanmean(v)) for v in per]
-        left.plot(
-            range(len(budgets)),
-            means,
-            color=color,
-            lw=2,
-            marker="o",
-            label=f"test {PANEL_TITLES[metric]}",
-        )
-        data["test"][metric] = dict(zip(budgets, per, strict=True))
-    left.set_xticks(range(len(budgets)), [str(b) for b in budgets])
-    left.set_xlabel("epoch budget (nominal)")
-    left.set_ylabel("test metric, best checkpoint in budget")
-    left.legend(fontsize=8, loc="lower right")
-    left.grid(alpha=0.3)
-    longest = budgets[-1] if budgets else None
-    runs_long = [p["run"] for p in points.get(longest, [])]
-    epochs, seeds = seed_curves(runs_long, "val/auroc")
-    if epochs:
-        for s in seeds:
-            right.plot(epochs, s, color=COLORS[0], lw=0.7, alpha=0.35)
-        mean = np.mean(seeds, axis=0)
-        right.plot(epochs, mean, color=COLORS[0], lw=2, label=f"val AUROC (n={len(seeds)})")
-        for i, b in enumerate(budgets):
-            stops = [int(p.get("epochs_trained") or b) for p in points[b]]
-            best = [int(p["best_epoch"]) for p in points[b] if p.get("best_epoch")]
-            data["trained"][b], data["best_epoch"][b] = stops, best
-            right.axvline(max(stops), color="grey", ls="--", lw=0.8)
-            right.text(max(stops), right.get_ylim()[0], f" {b}", fontsize=8, va="bottom")
-            for e in best:
-                if e in epochs:
-                    right.plot(
-                        e, mean[epochs.index(e)], "o", color=COLORS[(i + 2) % len(COLORS)], ms=5
-                    )
-        right.set_xlabel("epoch")
-        right.set_ylabel("val AUROC")
-        right.legend(fontsize=8, loc="lower right")
-        right.grid(alpha=0.3)
-        right.xaxis.set_major_locator(MaxNLocator(integer=True))
-        data["val_auroc"] = {"epochs": epochs, "mean": mean.tolist()}
-    title = suptitle(
-        fig,
-        "epoch budget: dots are seeds, lines their mean; dashed = budget end, "
-        "dot on the curve = best checkpoint",
-        chosen,
-        "epochs",
-    )
-    fig.tight_layout()
-    return fig, {**data, "title": title}
-
-
-def calibration_figure(runs: list[Run], bins: int = ECE_BINS):
-    """Reliability diagram per head, test predictions pooled over the given runs; the ECE in
-    the legend uses the same bins. The title names the slice and the bins."""
-    fig, ax = plt.subplots(figsize=(5.2, 5), dpi=110)
-    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
-    by_head: dict[str, list[Run]] = defaultdict(list)
-    for r in runs:
-        if r.labels is not None:
-            by_head[str(r.config.get("loss"))].append(r)
-    data: dict[str, Any] = {}
-    edges = np.linspace(0, 1, bins + 1)
-    for head, members in sorted(by_head.items()):
-        labels = np.concatenate([r.labels for r in members])
-        probs = np.concatenate([r.probs for r in members])
-        which = np.clip(np.digitize(probs, edges[1:-1]), 0, bins - 1)
-        xs, ys, counts = [], [], []
-        for b in range(bins):
-            mask = which == b
-            if mask.any():
-                xs.append(float(probs[mask].mean()))
-                ys.append(float(labels[mask].mean()))
-                counts.append(int(mask.sum()))
-        ece = expected_calibration_error(labels, probs, bins)
-        ax.plot(
-            xs, ys, marker="o", lw=1.4, label=f"{head.upper()} ({len(members)} runs, ECE {ece:.3f})"
-        )
-        data[head] = {
-            "confidence": xs,
-            "frequency": ys,
-            "counts": counts,
-            "ece": ece,
-            "bins": bins,
-            "runs": len(members),
-        }
-    ax.set_xlabel("predicted P(pneumonia), bin mean")
-    ax.set_ylabel("observed pneumonia rate")
-    ax.legend(fontsize=8, loc="upper left")
-    ax.grid(alpha=0.3)
-    title = suptitle(fig, f"Reliability on the test split ({bins} equal-width bins)", runs, "loss")
-    fig.tight_layout()
-    return fig, {**data, "title": title}
+def _budget_row(panel, at: dict[str, list[Run]], style: dict, seeds: dict[int, str], first: bool):
+    """The longest runs' val AUROC per epoch; where each budget stops (drawn with the
+    ``first`` head); the budget's best checkpoint on the mean curve."""
+    if not at:
+        return {}, {}
+    longest = list(at)[-1]
+    epochs, curves = seed_curves(at[longest], "val/auroc")
+    budgets: dict[str, Any] = {}
+    if not epochs:
+        return {}, budgets
+    for seed, s in curves:
+        panel.plot(epochs, s, color=style["color"], lw=0.8, alpha=0.5, ls=seeds[seed])
+    mean = np.mean([s for _, s in curves], axis=0)
+    panel.plot(epochs, mean, lw=2, **style)
+    for budget, group in at.items():
+        stops = [int(r.config.get("max_epochs") or budget) for r in group]
+        best = [int(r.record["best_epoch"]) for r in group if r.record.get("best_epoch")]
+        budgets[int(float(budget))] = {"trained": stops, "best_epoch": best}
+        if first:
+            panel.axvline(max(stops), color="grey", ls="--", lw=0.8)
+            where = (max(stops), 0.02)
+            panel.annotate(f" {budget}", where, xycoords=("data", "axes fraction"), fontsize=7)
+        for e in best:
+            if e in epochs:
+                panel.plot(e, mean[epochs.index(e)], "o", color=style["color"], ms=5, mec="k")
+    panel.set_xlabel("epoch (longest runs)")
+    panel.grid(alpha=0.3)
+    panel.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return {"epochs": epochs, "mean": mean.tolist(), "n": len(curves)}, budgets
 
 
 def save(fig, out: Path, name: str) -> list[Path]:

@@ -13,7 +13,7 @@ only together with a column is named, not hidden (:func:`confounds`).
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -176,23 +176,6 @@ def same(a: Any, b: Any) -> bool:
         return math.isclose(float(a), float(b), rel_tol=1e-9)
     except (TypeError, ValueError):
         return str(a) == str(b)
-
-
-def slice_for(runs: list[Run], axis: str, prefer: dict[str, Any]) -> tuple[list[Run], dict]:
-    """Runs varying along ``axis`` only: every other varying column is held at ``prefer``'s
-    value if present, else at its most common value."""
-    fixed = {}
-    for other in columns([r.record for r in runs]):
-        if other == axis:
-            continue
-        values = [value(r.record, other) for r in runs]
-        wanted = prefer.get(other)
-        if wanted is not None and any(same(v, wanted) for v in values):
-            fixed[other] = wanted
-        else:
-            fixed[other] = Counter(str(v) for v in values).most_common(1)[0][0]
-    chosen = [r for r in runs if all(same(value(r.record, k), v) for k, v in fixed.items())]
-    return chosen, fixed
 
 
 # --- reading run directories ----------------------------------------------------------------

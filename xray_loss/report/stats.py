@@ -1,33 +1,33 @@
-"""The report's statistics, each at the right unit.
+"""The report's statistics, each at the right unit, and what each interval covers.
 
 - Seeds (and folds) of one configuration are repetitions: mean and std over them
-  (:func:`summarise`, which is also the sweep's ``sweep_aggregate.csv``); the std of one
-  repeat is undefined (NaN), not 0.
-- The bootstrap CI of test AUROC resamples *patients* when the test predictions know them
-  (Kermany: several images per child), images otherwise; runs sharing a test set are resampled
-  together, runs on different test sets independently.
-- BCE vs CE: differences paired by seed and fold at otherwise equal settings. The pooled test
-  first averages each seed's differences over the settings, since differences that share a
-  seed (same initialisation and data order) are not independent. Sign-flip permutation test:
-  exact up to 16 pairs, else Monte Carlo with p = (k + 1) / (N + 1), never 0.
+  (:func:`summarise`, which is also the sweep's ``sweep_aggregate.csv``) and their range
+  (lowest, highest): how much training randomness moves a result. The std of one repeat is
+  undefined (NaN), not 0.
+- The bootstrap CI of test AUROC covers *test sampling* only: each run's model is fixed and
+  the test set is resampled, *patients* when the test predictions know them (Kermany: several
+  images per child), images otherwise; runs sharing a test set are resampled together, runs on
+  different test sets independently. It says nothing about seeds.
+- ECE: one definition everywhere (summary, figure): per run over :data:`ECE_BINS` equal-width
+  bins of P(pneumonia) (:func:`reliability`), then the mean over the runs.
+- BCE vs CE: ``report.paired``.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 import torch
-from torchmetrics.functional.classification import binary_auroc, binary_calibration_error
+from torchmetrics.functional.classification import binary_auroc
 
-from xray_loss.metrics import METRICS, REPEATS
+from xray_loss.metrics import METRICS
 from xray_loss.report.records import completed_records, time_stopped
-from xray_loss.report.runs import Run, columns, configurations, confounds, sort_key, value
+from xray_loss.report.runs import Run, configurations, confounds, value
 
-ECE_BINS = 10  # the reliability diagram and the ECE in its legend use the same bins
+ECE_BINS = 10  # the reliability diagram and the ECE use the same bins
 SUMMARY_KEYS = ("best_val_auroc", *(f"test_{m}" for m in METRICS))
 
 
@@ -42,15 +42,53 @@ def auroc(labels: np.ndarray, probs: np.ndarray) -> float:
     )
 
 
+def reliability(
+    labels: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS
+) -> dict[str, np.ndarray]:
+    """Per equal-width bin of P(pneumonia) ([0, 0.1), ..., [0.9, 1]): images (``count``),
+    their mean P (``confidence``) and observed pneumonia rate (``frequency``, NaN if empty)."""
+    which = np.clip((np.asarray(probs, dtype=float) * bins).astype(int), 0, bins - 1)
+    count = np.bincount(which, minlength=bins).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        confidence = np.bincount(which, weights=probs, minlength=bins) / count
+        frequency = np.bincount(which, weights=labels, minlength=bins) / count
+    return {"count": count, "confidence": confidence, "frequency": frequency}
+
+
 def expected_calibration_error(
     labels: np.ndarray, probs: np.ndarray, bins: int = ECE_BINS
 ) -> float:
-    """ECE of P(pneumonia) over equal-width bins (torchmetrics' binary calibration error)."""
-    return float(
-        binary_calibration_error(
-            torch.from_numpy(probs).float(), torch.from_numpy(labels).long(), n_bins=bins
-        )
-    )
+    """ECE of one run's P(pneumonia): sum over the bins of :func:`reliability` of
+    n_bin / n * |observed rate - mean P| (torchmetrics' binary calibration error, but for a
+    probability of exactly 1, which falls in the last bin here)."""
+    if len(labels) == 0:
+        return math.nan
+    r = reliability(labels, probs, bins)
+    full = r["count"] > 0
+    gaps = np.abs(r["frequency"][full] - r["confidence"][full])
+    return float(np.sum(r["count"][full] / len(labels) * gaps))
+
+
+def ece_over_runs(runs: list[Run], bins: int = ECE_BINS) -> tuple[float, float, int]:
+    """The report's ECE of a set of runs (the table's and the figure's): mean and std over
+    the runs of each run's ECE, and how many runs had predictions."""
+    predicted = [r for r in runs if r.labels is not None]
+    eces = [expected_calibration_error(r.labels, r.probs, bins) for r in predicted]
+    mean, std = mean_std(eces)
+    return mean, std, len(eces)
+
+
+def counted_test_set(run: Run) -> dict[str, int | None]:
+    """A run's test set: images, pneumonia and normal images, patients (None if not known)."""
+    if run.labels is None:
+        return {"images": None, "pneumonia": None, "normal": None, "patients": None}
+    positives = int(np.sum(run.labels))
+    return {
+        "images": len(run.labels),
+        "pneumonia": positives,
+        "normal": len(run.labels) - positives,
+        "patients": None if run.patients is None else len(set(run.patients)),
+    }
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -134,9 +172,10 @@ def bootstrap_auroc_ci(
 
 def summary_rows(runs: list[Run], n_boot: int = 1000) -> tuple[list[str], list[dict[str, Any]]]:
     """The report's table: per configuration the test metrics (mean, std over repeats), the
-    AUROC bootstrap CI, the ECE, the values of the settings that vary only together with the
-    columns (``report.runs.confounds``), and the best configuration by validation AUROC
-    (choosing by test would be optimistic)."""
+    AUROC's range over repeats and test-sampling bootstrap CI, the ECE (:func:`ece_over_runs`),
+    the test set's size, the values of the settings that vary only together with the columns
+    (``report.runs.confounds``), and the best configuration by validation AUROC (choosing by
+    test would be optimistic)."""
     cols, groups = configurations(runs, record_of=lambda r: r.record)
     _, summary = summarise([r.record for r in runs])
     confounded = confounds([r.record for r in runs])
@@ -146,13 +185,17 @@ def summary_rows(runs: list[Run], n_boot: int = 1000) -> tuple[list[str], list[d
         for m in METRICS:
             row[f"{m}_mean"], row[f"{m}_std"] = row.pop(f"test_{m}_mean"), row.pop(f"test_{m}_std")
         row["val_auroc_mean"], _ = row.pop("best_val_auroc_mean"), row.pop("best_val_auroc_std")
+        aurocs = [a for a in (r.test("auroc") for r in members) if not math.isnan(a)]
+        row["auroc_seed_min"] = min(aurocs) if aurocs else math.nan
+        row["auroc_seed_max"] = max(aurocs) if aurocs else math.nan
         row["auroc_ci_low"], row["auroc_ci_high"], row["auroc_ci_unit"] = bootstrap_auroc_ci(
             members, n_boot
         )
-        eces = [
-            expected_calibration_error(r.labels, r.probs) for r in members if r.labels is not None
-        ]
-        row["ece_mean"] = float(np.mean(eces)) if eces else math.nan
+        row["ece_mean"], row["ece_std"], _ = ece_over_runs(members)
+        sizes = [counted_test_set(r) for r in members if r.labels is not None]
+        for key in ("images", "pneumonia", "patients"):
+            found = {s[key] for s in sizes}
+            row[f"test_{key}"] = found.pop() if len(found) == 1 else None
         rows.append(row)
     if rows:
         scores = [-1.0 if math.isnan(r["val_auroc_mean"]) else r["val_auroc_mean"] for r in rows]
@@ -160,100 +203,3 @@ def summary_rows(runs: list[Run], n_boot: int = 1000) -> tuple[list[str], list[d
         for i, row in enumerate(rows):
             row["best"] = i == best
     return cols, rows
-
-
-# --- paired tests ---------------------------------------------------------------------------
-def sign_flip_test(differences: list[float], n_random: int = 20000, seed: int = 0) -> float:
-    """Two-sided p-value of a paired sign-flip permutation test.
-
-    Exact (all 2^n sign patterns) for n <= 16; otherwise ``n_random`` random patterns with the
-    observed one counted in, p = (k + 1) / (N + 1), so a Monte Carlo p is never 0.
-    """
-    d = np.asarray(differences, dtype=float)
-    n = len(d)
-    if n == 0:
-        return math.nan
-    observed = abs(d.mean())
-    if n <= 16:
-        flips = np.array(list(itertools.product((-1, 1), repeat=n)))
-        return float((np.abs((flips * d).mean(1)) >= observed - 1e-12).mean())
-    flips = np.random.default_rng(seed).choice((-1, 1), size=(n_random, n))
-    k = int((np.abs((flips * d).mean(1)) >= observed - 1e-12).sum())
-    return (k + 1) / (n_random + 1)
-
-
-def smallest_p(n: int) -> float:
-    """The smallest two-sided p an exact sign-flip test over n pairs can reach."""
-    return 2.0 / 2**n if n <= 16 else 0.0
-
-
-def _cell(run: Run) -> tuple:
-    """A run's settings without the head (the loss group) and without its repeats."""
-    return tuple(
-        sorted(
-            (k, str(v))
-            for k, v in run.settings.items()
-            if k != "loss" and not k.startswith("loss.") and k not in REPEATS
-        )
-    )
-
-
-def paired_loss_tests(runs: list[Run]) -> list[dict[str, Any]]:
-    """BCE vs CE test AUROC (CE - BCE) at equal settings, paired by seed and fold.
-
-    Within a cell (the settings without the loss group) the ``loss=bce`` and ``loss=ce`` runs
-    of each (seed, fold) form a pair. A cell where several runs of one head share a seed and
-    fold (e.g. a swept ``loss.pos_weight``) is not paired, and says so. The pooled row averages
-    each (seed, fold)'s differences over the cells, then tests those means.
-    """
-    plain = [r for r in runs if r.config.get("loss") in ("bce", "ce")]
-    cols = [c for c in columns([r.record for r in plain]) if c != "loss" and c[:5] != "loss."]
-    cells: dict[tuple, dict[tuple, dict[str, list[Run]]]] = defaultdict(
-        lambda: defaultdict(lambda: defaultdict(list))
-    )
-    for r in plain:
-        cells[_cell(r)][(r.seed, str(r.fold))][r.config["loss"]].append(r)
-    results, by_repeat = [], defaultdict(list)
-    for slots in cells.values():
-        first = next(r for slot in slots.values() for group in slot.values() for r in group)
-        setting = {c: value(first.record, c) for c in cols}
-        paired = {k: s for k, s in slots.items() if s["bce"] and s["ce"]}
-        if not paired:
-            continue
-        if any(len(s["bce"]) > 1 or len(s["ce"]) > 1 for s in paired.values()):
-            note = "not paired: several runs of one head share a seed and fold"
-            results.append({"setting": setting, "n": 0, "verdict": note})
-            continue
-        diffs = {k: s["ce"][0].test("auroc") - s["bce"][0].test("auroc") for k, s in paired.items()}
-        for k, d in diffs.items():
-            by_repeat[k].append(d)
-        results.append(_test_row(setting, list(diffs.values())))
-    results.sort(key=lambda t: [sort_key(t["setting"][c]) for c in cols])
-    tested = [t for t in results if t["n"]]
-    if len(tested) > 1:
-        means = [float(np.mean(v)) for v in by_repeat.values()]
-        row = _test_row({"all settings pooled": ""}, means)
-        row["pairs"] = f"{sum(t['n'] for t in tested)} pairs from {len(means)} seed(s)"
-        results.append(row)
-    return results
-
-
-def _test_row(setting: dict[str, Any], diffs: list[float]) -> dict[str, Any]:
-    p = sign_flip_test(diffs)
-    n = len(diffs)
-    if smallest_p(n) > 0.05:
-        verdict = f"undecidable with {n} seed(s): smallest possible p is {smallest_p(n):.2f}"
-    elif p < 0.05:
-        verdict = "larger than seed noise (p < 0.05)"
-    else:
-        verdict = "within seed noise"
-    mean, std = mean_std(diffs)
-    return {
-        "setting": setting,
-        "n": n,
-        "pairs": f"{n} pair(s)",
-        "mean_diff": mean,
-        "std_diff": std,
-        "p": p,
-        "verdict": verdict,
-    }

@@ -13,26 +13,64 @@ from xray_loss.report.runs import format_value
 TABLE = [m for m in METRICS if m != "loss"]
 
 
+UNDEFINED = "-"  # summary.md's mark for a number that is undefined (one repeat's std) or absent
+
+
 def _fmt(v: Any, digits: int = 4) -> str:
+    """A CSV cell: NaN and None are empty."""
     if isinstance(v, float):
         return "" if math.isnan(v) else f"{v:.{digits}f}"
     return "" if v is None else str(v)
 
 
-def _ci_unit_sentence(rows: list[dict[str, Any]]) -> str:
+def _md(v: Any, digits: int = 3) -> str:
+    """A summary.md cell: NaN and None are :data:`UNDEFINED`."""
+    return _fmt(v, digits) or UNDEFINED
+
+
+def _ci_unit(rows: list[dict[str, Any]]) -> str:
     units = {r.get("auroc_ci_unit") for r in rows} - {""}
     if units == {"patients"}:
-        return "95% bootstrap CI resampling test patients (several images per patient)"
+        return "test patients (all images of a patient together)"
     if units == {"images"}:
-        return "95% bootstrap CI resampling test images (the data source names no patients)"
-    return "95% bootstrap CI resampling patients where known, images elsewhere (column unit)"
+        return "test images (the data source names no patients)"
+    return "test patients where known, test images elsewhere"
 
 
 def _pm(mean: float, std: float) -> str:
-    """``0.912 ± 0.034``; ``0.912 ± n/a`` for one repeat (its std is undefined); "" for none."""
+    """``0.912 ± 0.034``; ``0.912 ± -`` for one repeat (its std is undefined); "-" for none."""
     if math.isnan(mean):
-        return ""
-    return f"{mean:.3f} ± " + ("n/a" if math.isnan(std) else f"{std:.3f}")
+        return UNDEFINED
+    return f"{mean:.3f} ± {_md(std)}"
+
+
+def _range(row: dict[str, Any]) -> str:
+    """``0.412–0.640``: the lowest and highest AUROC of the repeats ("-" for one repeat)."""
+    low, high = row.get("auroc_seed_min", math.nan), row.get("auroc_seed_max", math.nan)
+    if row.get("n", 0) < 2 or math.isnan(low):
+        return UNDEFINED
+    return f"{low:.3f}–{high:.3f}"
+
+
+def _test_size(images: Any, pneumonia: Any, patients: Any) -> str:
+    """``500 images (365 pneumonia, 135 normal)``, ``782 images of 624 patients (...)``."""
+    if images is None:
+        return UNDEFINED
+    of = f" of {patients} patients" if patients is not None else ""
+    if pneumonia is None:
+        return f"{images} images{of}"
+    return f"{images} images{of} ({pneumonia} pneumonia, {images - pneumonia} normal)"
+
+
+def _test_sentence(rows: list[dict[str, Any]]) -> tuple[str, bool]:
+    """What summary.md says of the test set, and whether rows differ (a column then)."""
+    sizes = {(r.get("test_images"), r.get("test_pneumonia"), r.get("test_patients")) for r in rows}
+    if len(sizes) == 1:
+        size = _test_size(*sizes.pop())
+        if size == UNDEFINED:
+            return "Test set: no test predictions were found.", False
+        return f"Test set: {size} in every run.", False
+    return "Test sets differ between configurations: see the column test n.", True
 
 
 def _names(keys: list[str]) -> str:
@@ -88,33 +126,54 @@ def _header(
             "seed and fold of a newer run, which alone is counted (listed at the end).",
             "",
         ]
+    sentence, _ = _test_sentence(rows)
     lines += [
-        f"Test metrics as mean ± std over the n repeats (seeds, folds) of each configuration "
-        f"(n/a: one repeat, no std); AUROC with a {_ci_unit_sentence(rows)}. **Bold**: the best "
-        "configuration by mean validation AUROC (choosing by test would be optimistic).",
+        f"{sentence} How to read the numbers:",
+        "",
+        "- **mean ± std**: over the n repeats (seeds, folds) of a configuration: how much "
+        f"training randomness moves the result. `{UNDEFINED}`: undefined or absent (one "
+        "repeat has no std).",
+        "- **AUROC seed range**: the lowest and highest test AUROC among the n repeats.",
+        "- **AUROC 95% CI, test sampling**: bootstrap percentile interval of the mean test "
+        f"AUROC, resampling {_ci_unit(rows)}, with every run's model fixed: how much another "
+        "test sample of the same size would move it. It leaves seeds out, so it can be "
+        "narrower than the seed range: the two answer different questions.",
+        "- **ECE**: expected calibration error of each run over 10 equal-width bins of "
+        "P(pneumonia), then mean ± std over the repeats; the calibration figure shows the "
+        "same numbers.",
+        "- **Bold**: the best configuration by mean validation AUROC (choosing by test would "
+        "be optimistic).",
         "",
     ]
     return lines
 
 
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> list[str]:
-    """One line per configuration; a column of time-stopped runs, with its footnote, where
-    the trainer's ``max_time`` stopped any."""
+    """One line per configuration; the test set's size where it differs between rows; a
+    column of time-stopped runs, with its footnote, where the trainer's ``max_time`` stopped
+    any."""
     stopped = any(row.get("stopped_by_max_time") for row in rows)
-    header = [*cols, "n", "accuracy", "AUROC [95% CI]", "F1", "sensitivity", "specificity"]
-    header += ["ECE", "val AUROC"] + (["stopped by max_time †"] if stopped else [])
+    _, sizes_differ = _test_sentence(rows)
+    header = [*cols, "n"] + (["test n"] if sizes_differ else [])
+    header += ["accuracy", "AUROC", "AUROC seed range", "AUROC 95% CI, test sampling"]
+    header += ["F1", "sensitivity", "specificity", "ECE", "val AUROC"]
+    header += ["stopped by max_time †"] if stopped else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [format_value(row.get(c)) for c in cols] + [str(row["n"])]
+        if sizes_differ:
+            cells.append(_test_size(row.get("test_images"), None, row.get("test_patients")))
+        ci = f"[{_md(row['auroc_ci_low'])}, {_md(row['auroc_ci_high'])}]"
         cells += [
             _pm(row["acc_mean"], row["acc_std"]),
-            f"{_pm(row['auroc_mean'], row['auroc_std'])} "
-            f"[{_fmt(row['auroc_ci_low'], 3)}, {_fmt(row['auroc_ci_high'], 3)}]",
+            _pm(row["auroc_mean"], row["auroc_std"]),
+            _range(row),
+            UNDEFINED if math.isnan(row["auroc_ci_low"]) else ci,
         ]
         cells += [
             _pm(row[f"{m}_mean"], row[f"{m}_std"]) for m in ("f1", "sensitivity", "specificity")
         ]
-        cells += [_fmt(row["ece_mean"], 3), _fmt(row["val_auroc_mean"], 3)]
+        cells += [_pm(row["ece_mean"], row.get("ece_std", math.nan)), _md(row["val_auroc_mean"])]
         cells += [_time_stopped(row)] if stopped else []
         if row.get("best"):
             cells = [f"**{c}**" if c else c for c in cells]
@@ -149,11 +208,11 @@ def _tests(tests: list[dict[str, Any]]) -> list[str]:
             f"{k}={format_value(v)}" if v != "" else k for k, v in t["setting"].items()
         )
         if not t["n"]:
-            lines.append(f"| {setting or '-'} | 0 | | | | {t['verdict']} |")
+            lines.append(f"| {setting or '-'} | 0 | - | - | - | {t['verdict']} |")
             continue
         lines.append(
             f"| {setting or '-'} | {t['pairs']} | {t['mean_diff']:+.4f} | "
-            f"{_fmt(t['std_diff'], 4) or 'n/a'} | {t['p']:.3f} | {t['verdict']} |"
+            f"{_md(t['std_diff'], 4)} | {t['p']:.3f} | {t['verdict']} |"
         )
     return lines
 
@@ -184,8 +243,9 @@ def write_summary(
     columns = (
         [*shown, "n"]
         + [f"{m}_{s}" for m in TABLE for s in ("mean", "std")]
-        + ["auroc_ci_low", "auroc_ci_high", "auroc_ci_unit", "ece_mean", "val_auroc_mean", "best"]
-        + ["stopped_by_max_time"]
+        + ["auroc_seed_min", "auroc_seed_max", "auroc_ci_low", "auroc_ci_high", "auroc_ci_unit"]
+        + ["ece_mean", "ece_std", "val_auroc_mean", "best", "stopped_by_max_time"]
+        + ["test_images", "test_pneumonia", "test_patients"]
     )
     with open(out / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
