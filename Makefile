@@ -58,12 +58,12 @@ notebook: install  ## execute notebooks/study.ipynb in place (outputs committed)
 	$(PY) notebooks/execute.py
 
 # SWEEP=<multirun dir> serves one sweep: its runs are named by their swept values alone, and
-# its HParams experiment is the only one. The URL pins the validation curves on top, unsmoothed
-# (one point per epoch).
+# its HParams experiment is the only one. The URL it prints opens every tab filled: all runs
+# selected (Scalars, Custom Scalars and Images select none past 40 by themselves), unsmoothed
+# (one point per epoch), Time Series on the curves (xray_loss.rundirs.tensorboard_url).
 SWEEP ?= logs
-PINNED := %5B%7B%22plugin%22%3A%22scalars%22%2C%22tag%22%3A%22val%2Fauroc%22%7D%2C%7B%22plugin%22%3A%22scalars%22%2C%22tag%22%3A%22val%2Facc%22%7D%2C%7B%22plugin%22%3A%22scalars%22%2C%22tag%22%3A%22train%2Floss%22%7D%5D
 tensorboard: install  ## serve logs/ (or SWEEP=<dir>) on http://127.0.0.1:$(PORT)/
-	@echo "TensorBoard on http://127.0.0.1:$(PORT)/?smoothing=0&pinnedCards=$(PINNED)#timeseries (Ctrl-C to stop)"
+	@$(PY) -m xray_loss.rundirs URL "$(SWEEP)" $(PORT)
 	$(VENV)/bin/tensorboard --logdir "$(SWEEP)" --host 127.0.0.1 --port $(PORT) --samples_per_plugin images=20
 
 clean:  ## remove logs, caches and build debris (keeps .venv)

@@ -68,12 +68,20 @@ def tensorboard(small_sweep):
     server.wait(timeout=30)
 
 
-JOBS = {"epochs=2,loss=bce,lr=0.001", "epochs=2,loss=ce,lr=0.001"}
-DIVERGED = {"epochs=2,loss=bce,lr=10", "epochs=2,loss=ce,lr=10"}
+# named by what the sweep varies (loss, lr), not by what it holds (epochs=2)
+JOBS = {"loss=bce,lr=0.001", "loss=ce,lr=0.001"}
+DIVERGED = {"loss=bce,lr=10", "loss=ce,lr=10"}
+
+
+def _session_groups(base: str, **request) -> list[dict]:
+    body = {"experimentName": "", "colParams": [], "startIndex": 0, "sliceSize": 100}
+    body.update(allowedStatuses=STATUSES, **request)
+    return _get(f"{base}/data/plugin/hparams/session_groups", body)["sessionGroups"]
 
 
 def test_runs_are_named_by_their_swept_values_and_curves_are_per_epoch(tensorboard):
-    assert set(_get(f"{tensorboard}/data/runs")) >= JOBS | DIVERGED
+    # the sweep directory itself is no run (".")
+    assert set(_get(f"{tensorboard}/data/runs")) == JOBS | DIVERGED
     tags = _get(f"{tensorboard}/data/plugin/scalars/tags")
     for run in JOBS:
         assert {"train/loss", "train/acc", "val/auroc", "val/acc", "val/loss"} <= set(tags[run])
@@ -83,35 +91,34 @@ def test_runs_are_named_by_their_swept_values_and_curves_are_per_epoch(tensorboa
             assert [step for _, step, _ in points] == [1, 2]  # x = epochs completed
 
 
-def test_hparams_table_shows_the_swept_values_and_every_status(tensorboard):
+def test_hparams_table_shows_what_the_sweep_varies_as_numbers_and_every_status(tensorboard):
     experiment = _get(f"{tensorboard}/data/plugin/hparams/experiment", {"experimentName": ""})
     infos = {h["name"]: h for h in experiment["hparamInfos"]}
-    differing = [h["name"] for h in experiment["hparamInfos"] if h.get("differs")]
-    # the sweep's axes, then the run's status and why its training stopped
-    assert differing == ["loss", "lr", "status", "stopped_by"]
-    assert infos["lr"]["domainDiscrete"] == ["0.001", "10"]
+    # the sweep's axes, then the runs' status and why their training stopped (both vary here);
+    # nothing held constant (epochs, batch_size, ...), which TensorBoard would tick
+    assert [h["name"] for h in experiment["hparamInfos"]] == ["loss", "lr", "status", "stopped_by"]
+    assert all(h["differs"] for h in experiment["hparamInfos"])
+    assert infos["lr"]["type"] == "DATA_TYPE_FLOAT64" and infos["lr"]["domainDiscrete"] == [
+        0.001,
+        10.0,
+    ]
     assert infos["loss"]["domainDiscrete"] == ["bce", "ce"]
     metric_tags = [m["name"]["tag"] for m in experiment["metricInfos"]]
     assert metric_tags[:3] == ["val/auroc_best", "test/auroc", "test/acc"]
-    groups = _get(
-        f"{tensorboard}/data/plugin/hparams/session_groups",
-        {
-            "experimentName": "",
-            "colParams": [],
-            "startIndex": 0,
-            "sliceSize": 100,
-            "allowedStatuses": STATUSES,
-        },
-    )["sessionGroups"]
-    rows = {g["name"]: g for g in groups}
+    rows = {g["name"]: g for g in _session_groups(tensorboard)}
     assert set(rows) == JOBS | DIVERGED  # diverged runs keep their row
     for name, row in rows.items():
         session = row["sessions"][0]
         assert row["hparams"]["status"] == ("diverged" if name in DIVERGED else "completed")
         assert session["status"] == ("STATUS_FAILURE" if name in DIVERGED else "STATUS_SUCCESS")
-        assert row["hparams"]["batch_size"] == "64"  # not 64.000
-    completed = rows["epochs=2,loss=ce,lr=0.001"]["metricValues"]
+        assert row["hparams"]["batch_size"] == 64  # a number (shown, filtered, sorted as one)
+    completed = rows["loss=ce,lr=0.001"]["metricValues"]
     assert {m["name"]["tag"] for m in completed} >= {"val/auroc_best", "test/auroc", "test/acc"}
+    # the table sorts by lr as numbers, both ways
+    for order, reverse in (("ORDER_ASC", False), ("ORDER_DESC", True)):
+        groups = _session_groups(tensorboard, colParams=[{"hparam": "lr", "order": order}])
+        lrs = [g["hparams"]["lr"] for g in groups]
+        assert lrs == sorted(lrs, reverse=reverse) and {type(lr) for lr in lrs} <= {int, float}
 
 
 def test_custom_scalars_chart_one_metric_per_chart_and_samples_come_once(tensorboard):
@@ -120,8 +127,21 @@ def test_custom_scalars_chart_one_metric_per_chart_and_samples_come_once(tensorb
     assert {"val auroc", "val acc", "val loss", "train acc", "train loss"} <= set(charts)
     assert charts["val auroc"]["multiline"]["tag"] == ["^val/auroc$"]
     images = _get(f"{tensorboard}/data/plugin/images/tags")
-    with_samples = [run for run, tags in images.items() if "samples/normal" in tags]
+    with_samples = [run for run, tags in images.items() if "viz/samples_normal" in tags]
     assert len(with_samples) == 1  # the sweep's first job, not every job
+    (run,) = with_samples
+    shown = _get(f"{tensorboard}/data/plugin/images/images?run={run}&tag=viz/samples_normal")
+    assert [image["step"] for image in shown] == [0]  # before the first epoch
+
+
+def test_test_figures_sit_at_the_epoch_after_the_curves(tensorboard):
+    images = _get(f"{tensorboard}/data/plugin/images/tags")
+    for run in JOBS:
+        figures = [tag for tag in images[run] if "confusion_matrix" in tag or "roc" in tag]
+        assert figures and all(tag.startswith("viz/") for tag in figures)
+        for tag in figures:
+            shown = _get(f"{tensorboard}/data/plugin/images/images?run={run}&tag={tag}")
+            assert [image["step"] for image in shown] == [2]  # epochs trained, like test/*
 
 
 def test_every_logger_writes_offline(workdir):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import assert_ok, metrics, run_cli
+from tests.conftest import assert_ok, metrics, run_cli, run_dirs
 
 pytestmark = pytest.mark.slow
 
@@ -233,3 +233,30 @@ def test_two_kills_in_one_epoch_with_worker_processes_end_as_a_run_without_worke
         _tensors(got["optimizer_states"]), _tensors(want["optimizer_states"]), strict=True
     ):
         assert torch.equal(a, b), f"optimizer state {name}"
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_ends_a_run_as_interrupted_with_the_command_that_continues_it(workdir, sig, code):
+    args = ["debug=tiny", "epochs=40", "threads=1"]
+    proc = start(workdir, *args)
+    deadline = time.monotonic() + 240
+    while not list(workdir.glob("logs/train/runs/*/checkpoints/last.ckpt")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.02)
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)  # Ctrl-C reaches the terminal's whole process group
+    else:
+        os.kill(proc.pid, sig)  # kill PID, a scheduler's or a container's stop
+    assert proc.wait(timeout=120) == code
+    stderr = proc.stderr.read()
+    assert "Traceback" not in stderr and f"Interrupted by {sig.name}" in stderr
+    command = stderr.strip().splitlines()[-1].strip()
+    assert command == "python -m xray_loss.train " + " ".join(args) + " resume=true"
+    (run,) = run_dirs(workdir / "logs")
+    record = metrics(run)
+    assert record["status"] == "interrupted" and record["interrupted"]["reason"] == sig.name
+    # the printed command continues it
+    assert_ok(run_cli(*command.split()[3:], cwd=workdir))
+    record = metrics(run)
+    assert record["status"] == "completed" and record["epochs_trained"] == 40
+    assert record["resumes"][0]["interrupted"]["reason"] == sig.name

@@ -43,7 +43,7 @@ def metric_names_of(ea) -> set:
 def test_a_run_leaves_metrics_checkpoints_and_tensorboard_logs(workdir):
     proc = run_cli(*TINY, "epochs=2", cwd=workdir)
     assert_ok(proc)
-    assert "tensorboard --logdir logs" in proc.stdout
+    assert "make tensorboard SWEEP=" in proc.stdout
     assert "test/auroc" in proc.stdout  # the test metrics are printed
     (run,) = run_dirs(workdir / "logs")
     record = metrics(run)
@@ -61,13 +61,12 @@ def test_a_run_leaves_metrics_checkpoints_and_tensorboard_logs(workdir):
     ea = events(run)
     assert set(SCALARS) <= set(ea.Tags()["scalars"])
     assert "hp_metric" not in ea.Tags()["scalars"]
-    assert {"samples/normal", "samples/pneumonia", "test/confusion_matrix", "test/roc"} <= set(
-        ea.Tags()["images"]
-    )
+    figures = {"viz/samples_normal", "viz/samples_pneumonia"}
+    assert figures | {"viz/test_confusion_matrix", "viz/test_roc"} <= set(ea.Tags()["images"])
     hp = hparams_of(ea)
     # values as a reader types them: 0.001, 64 (not 64.000), and the run's status
-    assert set(hp) >= HPARAMS and hp["loss"] == "bce" and hp["lr"] == "0.001"
-    assert hp["batch_size"] == "64" and hp["status"] == "completed"
+    assert set(hp) >= HPARAMS and hp["loss"] == "bce" and hp["lr"] == 0.001
+    assert hp["batch_size"] == 64 and hp["status"] == "completed"
     assert not any("${" in str(v) for v in hp.values())
     assert {"val/auroc_best", "test/acc", "test/auroc"} <= metric_names_of(ea)
     assert "${" not in (run / "hparams.yaml").read_text()
@@ -204,3 +203,19 @@ def test_a_run_that_diverges_late_keeps_the_budgets_it_passed(workdir):
     assert record["status"] == "diverged" and record["stopped_by"] == "diverged"
     assert set(record["budgets"]) == {"1", "2"}  # what separate 1- and 2-epoch runs report
     assert record["budgets"]["2"]["test"]["test/auroc"] > 0
+
+
+@pytest.mark.parametrize("multirun", [False, True])
+def test_a_read_only_log_directory_is_one_sentence(workdir, multirun):
+    disk = workdir / "ro"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(disk)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        args = ["-m", "loss=bce,ce"] if multirun else []
+        proc = run_cli(*TINY, *args, f"paths.log_dir={disk / 'logs'}", cwd=workdir)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"the log directory {disk / 'logs'} cannot be written" in proc.stderr
+    assert "read-only" in proc.stderr and "paths.log_dir=" in proc.stderr

@@ -21,6 +21,7 @@ from torchmetrics.functional.classification import (
 from xray_loss.dashboard import tensorboard_logger
 from xray_loss.metrics import decide
 from xray_loss.record import TrainingDiverged
+from xray_loss.rundirs import IMAGES
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -151,7 +152,8 @@ class TestReport(L.Callback):
             if self.save_figures:
                 fig.savefig(self.dir / f"{name}.png", dpi=120)
             if tb is not None:
-                tb.experiment.add_figure(f"test/{name}", fig, trainer.global_step)
+                # under the images' group, at the epoch the curves end (test/* scalars too)
+                tb.experiment.add_figure(f"{IMAGES}/test_{name}", fig, trainer.current_epoch)
             plt.close(fig)
 
 
@@ -220,6 +222,12 @@ class EpochBudgets(L.Callback):
         self.dir = self.output_dir / "checkpoints" / "budgets"
         self.budgets = {scale_epochs(b, epochs_scale): int(b) for b in (budgets or [])}
         self.saved: dict[int, dict] = {}
+
+    @classmethod
+    def of(cls, trainer: L.Trainer) -> EpochBudgets:
+        """The trainer's (a plain one, keeping nothing, when the config has none)."""
+        found = [c for c in trainer.callbacks if isinstance(c, cls)]
+        return found[0] if found else cls(trainer.default_root_dir)
 
     def state_dict(self) -> dict:
         return {"saved": self.saved}

@@ -8,6 +8,7 @@ so a run's HParams row does not depend on the Lightning logger being alive when 
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from pathlib import Path
@@ -27,8 +28,9 @@ from torch.utils.tensorboard.summary import scalar
 from torch.utils.tensorboard.writer import FileWriter
 
 from xray_loss.metrics import AXES, HPARAM_METRICS
-from xray_loss.record import STATUSES, STOP_REASONS
+from xray_loss.record import read_record
 from xray_loss.report.runs import format_value, sort_key
+from xray_loss.rundirs import IMAGES  # viz/: sorts after the curves (train/, val/)
 
 
 def tensorboard_logger(trainer: L.Trainer) -> TensorBoardLogger | None:
@@ -49,8 +51,9 @@ def first_job() -> bool:
 
 
 class SampleGrid(L.Callback):
-    """Logs a grid of training images of each class to TensorBoard when fit starts: once per
-    sweep (its first job), since every job of a sweep would show the same images."""
+    """Logs a grid of training images of each class to TensorBoard when fit starts (step 0:
+    no epoch trained yet): once per sweep (its first job), since every job of a sweep would
+    show the same images."""
 
     def __init__(self, per_class: int = 16) -> None:
         self.per_class = int(per_class)
@@ -68,7 +71,7 @@ class SampleGrid(L.Callback):
                 continue
             images = train.images[index].cpu()
             grid = torchvision.utils.make_grid(images, nrow=8, padding=2, pad_value=255)
-            tb.experiment.add_image(f"samples/{name}", grid, global_step=0)
+            tb.experiment.add_image(f"{IMAGES}/samples_{name}", grid, global_step=0)
 
 
 class DashboardLayout(L.Callback):
@@ -94,11 +97,18 @@ class DashboardLayout(L.Callback):
         tb.experiment.add_custom_scalars(layout)
 
 
-# --- HParams: one experiment per sweep (its axes), one session per run (its values, status) --
+# --- HParams: one experiment per sweep (what varies), one session per run (its values) --------
 _STATUS = {
     "completed": api_pb2.Status.STATUS_SUCCESS,
     "running": api_pb2.Status.STATUS_RUNNING,
 }
+_ENDED = ("status", "stopped_by", "epochs_trained")  # how each run ended, beside its settings
+_TEXT = ("threshold", "threshold.rule")  # text even where a value looks like a number (0.5)
+# the sweep's experiment lives in a job directory, in a file of its own (replaced on resume)
+EXPERIMENT_SUFFIX = ".experiment"
+# TensorBoard's HParams tab offers a value filter of checkboxes below this many values, else a
+# regex (numbers: a range)
+_CHECKBOXES = 10
 
 
 def _summary(tag: str, **content: Any) -> Summary:
@@ -106,79 +116,110 @@ def _summary(tag: str, **content: Any) -> Summary:
     return Summary(value=[Summary.Value(tag=tag, metadata=metadata.create_summary_metadata(data))])
 
 
-def hparam_values(record: dict[str, Any]) -> dict[str, str]:
-    """A run's hyperparameters as the HParams table shows them: text, numbers as typed
-    (``32``, not ``32.000``; ``1e-05``), every named axis and resolved setting, and its status."""
-    values = {k: format_value(v) for k, v in (record.get("configuration") or {}).items()}
-    values.update({k: format_value(v) for k, v in (record.get("config") or {}).items()})
-    values["status"] = str(record.get("status"))
-    if record.get("stopped_by"):  # max_time: fewer epochs than nominal, marked in the table
-        values["stopped_by"] = str(record["stopped_by"])
-    return values
+def hparam_value(name: str, value: Any) -> float | str | None:
+    """A value as the HParams table holds it: a number (sorted and plotted as one: 1e-05 <
+    0.0001 < 0.001) or text; None for none (an empty cell)."""
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and name not in _TEXT:
+        return float(value)
+    return format_value(value)
 
 
-def experiment_summary(axes: dict[str, list[str]], record: dict[str, Any] | None = None) -> Summary:
-    """The HParams experiment: the swept ``axes`` (with their values, for filtering) first and
-    marked as differing, so they are the columns TensorBoard shows; then the run's status, why
-    its training stopped (``max_time``: fewer epochs than nominal) and the other named axes
-    (hidden until chosen)."""
-    infos = []
-    for name, domain in axes.items():
-        infos.append(
-            api_pb2.HParamInfo(
-                name=name,
-                type=api_pb2.DataType.DATA_TYPE_STRING,
-                domain_discrete=struct_pb2.ListValue(
-                    values=[struct_pb2.Value(string_value=v) for v in domain]
-                ),
-                differs=len(domain) != 1,  # a continuous search has no list
-            )
+def hparam_values(record: dict[str, Any]) -> dict[str, float | str]:
+    """A run's HParams row: every named axis and resolved setting, its status, why training
+    stopped and the complete epochs it trained (``epochs`` x ``epochs_scale`` in a dry run)."""
+    values = {**(record.get("configuration") or {}), **(record.get("config") or {})}
+    values.update({name: record.get(name) for name in _ENDED})
+    typed = {name: hparam_value(name, v) for name, v in values.items()}
+    return {name: v for name, v in typed.items() if v is not None}
+
+
+def _info(name: str, domain: set, differs: bool) -> api_pb2.HParamInfo:
+    numbers = bool(domain) and all(isinstance(v, (int, float)) for v in domain)
+    info = api_pb2.HParamInfo(
+        name=name,
+        type=api_pb2.DataType.DATA_TYPE_FLOAT64 if numbers else api_pb2.DataType.DATA_TYPE_STRING,
+        differs=differs,
+    )
+    if numbers and len(domain) >= _CHECKBOXES:
+        info.domain_interval.min_value, info.domain_interval.max_value = min(domain), max(domain)
+    elif numbers:
+        values = sorted(float(v) for v in domain)
+        info.domain_discrete.values.extend(struct_pb2.Value(number_value=v) for v in values)
+    elif domain:
+        text = sorted({format_value(v) for v in domain}, key=sort_key)
+        info.domain_discrete.values.extend(struct_pb2.Value(string_value=v) for v in text)
+    return info
+
+
+def experiment_summary(
+    records: list[dict[str, Any]], axes: dict[str, list] | None = None
+) -> Summary:
+    """The HParams experiment of a sweep's ``records`` and ``axes`` (``sweep_axes``), or of
+    one run (``axes`` None). A sweep's columns are what varies across it: its axes with more
+    than one value, then its runs' status and ``stopped_by`` if they differ, and the epochs
+    trained where they differ from ``epochs`` (a dry run, ``max_time``); TensorBoard shows its
+    first five columns whatever ``differs`` says, so constant settings are left out (they are
+    in each run's row and metrics.json). A single run lists every named axis."""
+    rows = [hparam_values(r) for r in records]
+
+    def domain(name: str, extra: list = ()) -> set:
+        return {row[name] for row in rows if name in row} | set(extra)
+
+    if axes is None:
+        infos = [_info(name, domain(name), False) for name in (*AXES, *_ENDED)]
+    else:
+        infos = [_info(k, domain(k, v), True) for k, v in axes.items() if len(domain(k, v)) > 1]
+        shorter = any(
+            r.get("epochs_trained") not in (None, (r.get("config") or {}).get("epochs"))
+            for r in records
         )
-    shown = set(axes)
-    ended = (("status", [s for s in STATUSES if s != "running"]), ("stopped_by", STOP_REASONS))
-    for name, domain in ended:
-        infos.append(
-            api_pb2.HParamInfo(
-                name=name,
-                type=api_pb2.DataType.DATA_TYPE_STRING,
-                domain_discrete=struct_pb2.ListValue(
-                    values=[struct_pb2.Value(string_value=s) for s in domain]
-                ),
-                differs=True,
-            )
-        )
-    for name in AXES:
-        if name not in shown:
-            infos.append(api_pb2.HParamInfo(name=name, type=api_pb2.DataType.DATA_TYPE_STRING))
+        for name in _ENDED:
+            if len(domain(name)) > 1 and (name != "epochs_trained" or shorter):
+                infos.append(_info(name, domain(name), True))
     metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in HPARAM_METRICS]
     experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics)
     return _summary(metadata.EXPERIMENT_TAG, experiment=experiment)
 
 
-def write_experiment(log_dir: Path, axes: dict[str, list[str]], once: bool = False) -> None:
-    """The HParams experiment of a sweep (or a single run) into ``log_dir``; ``once``: not
-    again into a sweep directory that has events already (a resumed sweep)."""
-    if not (once and any(Path(log_dir).glob("events.out.tfevents.*"))):
-        _write(log_dir, [experiment_summary(axes)])
+def write_experiment(log_dir: Path, axes: dict[str, list]) -> Path | None:
+    """The HParams experiment: of the run in ``log_dir`` (one holding metrics.json), or of the
+    sweep in ``log_dir`` with ``axes`` once its jobs have ended, written into its first job's
+    directory: a run that TensorBoard lists anyway (a file in the sweep directory would make
+    that a run, "."), replacing the one an earlier, resumed, sweep wrote. Returns where."""
+    log_dir = Path(log_dir)
+    if (log_dir / "metrics.json").exists():
+        host, records, axes = log_dir, [read_record(log_dir) or {}], None
+    else:
+        jobs = sorted(p.parent for p in log_dir.glob("*/metrics.json"))
+        records = [r for r in map(read_record, jobs) if r]
+        if not jobs:
+            return None
+        host = jobs[0]
+        for old in log_dir.glob(f"*/*tfevents*{EXPERIMENT_SUFFIX}"):
+            old.unlink(missing_ok=True)
+    _write(host, [experiment_summary(records, axes)], suffix=EXPERIMENT_SUFFIX)
+    return host
 
 
-def sweep_axes(params: dict[str, Any], overrides: list[str]) -> dict[str, list[str]]:
-    """The swept settings of a multirun and their values, as the runs' HParams rows name them:
-    from the sweeper's ``params`` and the command line (``loss=bce,ce``, ``seed=range(0,3)``;
-    an Optuna interval has no list of values)."""
+def sweep_axes(params: dict[str, Any], overrides: list[str]) -> dict[str, list]:
+    """The swept settings of a multirun and their values, as the runs' HParams rows hold them
+    (numbers as numbers): from the sweeper's ``params`` and the command line (``loss=bce,ce``,
+    ``seed=range(0,3)``; an Optuna interval has no list of values)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     lines = [f"{k}={v}" for k, v in (params or {}).items()] + list(overrides)
-    axes: dict[str, list[str]] = {}
+    axes: dict[str, list] = {}
     for override in OverridesParser.create().parse_overrides(lines):
         key = override.get_key_element().lstrip("+~")
         if not override.is_sweep_override() or key.startswith("hydra."):
             continue
         try:
-            values = [format_value(v) for v in override.sweep_iterator()]
+            values = {hparam_value(key, v) for v in override.sweep_iterator()}
         except Exception:  # noqa: BLE001 - an interval or other non-enumerable sweep
-            values = []
-        axes[key] = sorted(values, key=sort_key)
+            values = set()
+        axes[key] = sorted(values - {None}, key=sort_key)
     return axes
 
 
@@ -186,8 +227,11 @@ def write_session(run_dir: Path, record: dict[str, Any], step: int = 0) -> None:
     """The run's HParams row: its values and status (failed and diverged runs too), and
     ``val/auroc_best`` as a scalar when it completed."""
     start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
-    for name, text in hparam_values(record).items():
-        start.hparams[name].string_value = text
+    for name, value in hparam_values(record).items():
+        if isinstance(value, float):
+            start.hparams[name].number_value = value
+        else:
+            start.hparams[name].string_value = value
     status = _STATUS.get(record.get("status"), api_pb2.Status.STATUS_FAILURE)
     end = plugin_data_pb2.SessionEndInfo(status=status, end_time_secs=time.time())
     summaries = [
@@ -199,8 +243,8 @@ def write_session(run_dir: Path, record: dict[str, Any], step: int = 0) -> None:
     _write(run_dir, summaries, step)
 
 
-def _write(log_dir: Path, summaries: list[Summary], step: int = 0) -> None:
-    writer = FileWriter(str(log_dir))
+def _write(log_dir: Path, summaries: list[Summary], step: int = 0, suffix: str = "") -> None:
+    writer = FileWriter(str(log_dir), filename_suffix=suffix)
     try:
         for summary in summaries:
             writer.add_summary(summary, global_step=step)

@@ -1,8 +1,8 @@
 """``metrics.json``: the machine-readable record of one run, and how a run's end maps to it.
 
 It is created with ``status: running`` when a run starts and rewritten when it ends
-(``completed``, ``diverged``, ``failed`` or ``pruned``), atomically, so sweep bookkeeping,
-resumption and reports can trust whatever they read, even while runs are going.
+(``completed``, ``diverged``, ``failed``, ``pruned`` or ``interrupted``), atomically, so sweep
+bookkeeping, resumption and reports can trust whatever they read, even while runs are going.
 :func:`recorded_run` wraps a run: it starts the record, maps how the run ended to a status and
 finishes the record, whatever happened.
 """
@@ -22,10 +22,19 @@ from typing import Any
 
 from hydra.errors import CompactHydraException
 
-from xray_loss.resume import Preempted, drop_lost_checkpoints, resume_checkpoint
+from xray_loss.resume import (
+    Preempted,
+    attempt_history,
+    drop_lost_checkpoints,
+    resume_checkpoint,
+)
 from xray_loss.slurm import slurm_restarts
 
-STATUSES = ("running", "completed", "diverged", "failed", "pruned")
+STATUSES = ("running", "completed", "diverged", "failed", "pruned", "interrupted")
+# what resume=true continues: killed (still "running") or stopped by a signal
+RESUMABLE = ("running", "interrupted")
+# the exit status of a run stopped by a signal: 128 + the signal's number, as a shell reports it
+SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
 # metrics.json ``stopped_by``: why training ended (a completed run: one of the first five)
 STOP_REASONS = (
     "max_epochs",
@@ -57,6 +66,15 @@ class TrainingDiverged(RunStopped):
     """The training loss became NaN or infinite, or exploded."""
 
     status = "diverged"
+
+
+class Interrupted(SystemExit):
+    """A run stopped by SIGINT or SIGTERM, recorded ``interrupted``; exits as a shell reports a
+    signal (130, 143). The entry point prints the ``resume=true`` command that continues it."""
+
+    def __init__(self, signal_name: str, run_dir: Path) -> None:
+        super().__init__(SIGNAL_EXIT[signal_name])
+        self.signal_name, self.run_dir = signal_name, run_dir
 
 
 class RunFailed(CompactHydraException):
@@ -160,26 +178,6 @@ class Run:
         return round(self.before + time.time() - self.started, 2)
 
 
-def _attempt(previous: dict[str, Any], checkpoint: Path) -> tuple[dict[str, Any], float]:
-    """How the attempt a resume continues ended, and the wall time of all attempts so far. A
-    killed attempt (SIGKILL, out of memory) noted nothing: its time is counted up to the
-    checkpoint it left, the last sign of it."""
-    saved = checkpoint.stat().st_mtime
-    interrupted = previous.get("interrupted") or {
-        "reason": "killed without notice (SIGKILL, out of memory, a lost node): nothing noted",
-        "last_checkpoint_at": datetime.fromtimestamp(saved, timezone.utc).isoformat(
-            timespec="seconds"
-        ),
-    }
-    if "wall_time_s" in previous:
-        return interrupted, float(previous["wall_time_s"])
-    try:
-        began = datetime.fromisoformat(previous["attempt_started"]).timestamp()
-        return interrupted, float(previous.get("wall_time_before_s", 0.0)) + max(0.0, saved - began)
-    except (KeyError, ValueError, TypeError):
-        return interrupted, float(previous.get("wall_time_before_s", 0.0))
-
-
 @contextmanager
 def recorded_run(run_dir: Path, resume: bool, rank: int = 0, **start_fields: Any) -> Iterator[Run]:
     """Start the run's record, yield it, and map how the block ended to the record's status.
@@ -196,8 +194,8 @@ def recorded_run(run_dir: Path, resume: bool, rank: int = 0, **start_fields: Any
     - an explained error (bad config or data: ``ValueError``, ``FileNotFoundError``,
       ``CompactHydraException``): ``failed``, one line;
     - an Optuna prune: ``pruned``, and the block's end is not an error;
-    - an interruption (``Preempted``, SIGTERM, Ctrl-C: ``SystemExit``, ``KeyboardInterrupt``):
-      the status stays ``running`` (resumable) with an ``interrupted`` note;
+    - SIGTERM or Ctrl-C: ``interrupted`` (resumable), the ``resume=true`` command printed, exit
+      143 or 130; preempted (``Preempted``): ``running`` with an ``interrupted`` note;
     - anything else: ``failed`` with the exception's type and message, and its traceback.
     """
     record = RunRecord(run_dir, write=rank == 0)
@@ -207,13 +205,13 @@ def recorded_run(run_dir: Path, resume: bool, rank: int = 0, **start_fields: Any
         return
     previous = record.data
     resume_from = None
-    if (resume and record.status == "running") or (requeued and record.status is not None):
+    if (resume and record.status in RESUMABLE) or (requeued and record.status is not None):
         found = resume_checkpoint(Path(run_dir))
         resume_from = str(found) if found else None
     resumes = list(previous.get("resumes", [])) if resume_from else []
     before, history = 0.0, {}
     if resume_from:
-        interrupted, before = _attempt(previous, Path(resume_from))
+        interrupted, before = attempt_history(previous, Path(resume_from))
         if rank == 0:
             drop_lost_checkpoints(Path(resume_from))
         resumes.append(
@@ -246,13 +244,16 @@ def recorded_run(run_dir: Path, resume: bool, rank: int = 0, **start_fields: Any
             raise
         raise RunFailed(str(err)) from None
     except (SystemExit, KeyboardInterrupt) as err:
+        signal_name = _signal_of(err)
         reason = str(err) if isinstance(err, Preempted) else f"{type(err).__name__}: {err}"
-        record.update(
-            interrupted={"at": now_iso(), "reason": reason},
-            stopped_by="interrupted",
-            wall_time_s=run.elapsed(),
+        noted = {"at": now_iso(), "reason": signal_name or reason}
+        if signal_name is None:  # preempted (requeued: stays running), or a plain exit
+            record.update(interrupted=noted, stopped_by="interrupted", wall_time_s=run.elapsed())
+            raise
+        record.finish(
+            "interrupted", interrupted=noted, stopped_by="interrupted", wall_time_s=run.elapsed()
         )
-        raise
+        raise Interrupted(signal_name, Path(run_dir)) from None
     except BaseException as err:
         if _is_trial_pruned(err):
             record.finish("pruned", error=str(err), stopped_by="pruned", wall_time_s=run.elapsed())
@@ -266,6 +267,16 @@ def recorded_run(run_dir: Path, resume: bool, rank: int = 0, **start_fields: Any
         )
         _dashboard_row(run_dir, record)
         raise
+
+
+def _signal_of(err: BaseException) -> str | None:
+    """``SIGINT`` or ``SIGTERM`` when ``err`` is how a signal ends a run (Ctrl-C, or Lightning's
+    ``sys.exit(1)`` after it; Lightning's ``SIGTERMException``), else None."""
+    if isinstance(err, KeyboardInterrupt) or isinstance(err.__context__, KeyboardInterrupt):
+        return "SIGINT"
+    if type(err).__name__ == "SIGTERMException":
+        return "SIGTERM"
+    return None
 
 
 def _dashboard_row(run_dir: Path, record: RunRecord) -> None:

@@ -9,7 +9,9 @@ the RNG states and running metrics (``xray_loss.checkpointing``).
 from __future__ import annotations
 
 import zipfile
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 
 class Preempted(SystemExit):
@@ -53,3 +55,23 @@ def drop_lost_checkpoints(start: Path) -> None:
     for path in start.parent.parent.glob("checkpoints/*.ckpt"):
         if path != start and path.stat().st_mtime_ns > limit:
             path.unlink(missing_ok=True)
+
+
+def attempt_history(previous: dict[str, Any], checkpoint: Path) -> tuple[dict[str, Any], float]:
+    """How the attempt a resume continues ended, and the wall time of all attempts so far. A
+    killed attempt (SIGKILL, out of memory) noted nothing: its time is counted up to the
+    checkpoint it left, the last sign of it."""
+    saved = checkpoint.stat().st_mtime
+    interrupted = previous.get("interrupted") or {
+        "reason": "killed without notice (SIGKILL, out of memory, a lost node): nothing noted",
+        "last_checkpoint_at": datetime.fromtimestamp(saved, timezone.utc).isoformat(
+            timespec="seconds"
+        ),
+    }
+    if "wall_time_s" in previous:
+        return interrupted, float(previous["wall_time_s"])
+    try:
+        began = datetime.fromisoformat(previous["attempt_started"]).timestamp()
+        return interrupted, float(previous.get("wall_time_before_s", 0.0)) + max(0.0, saved - began)
+    except (KeyError, ValueError, TypeError):
+        return interrupted, float(previous.get("wall_time_before_s", 0.0))

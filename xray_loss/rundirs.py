@@ -1,5 +1,7 @@
-"""Run and sweep directories: one writer each, a directory of its own for every sweep, and the
-run a single ``resume=true`` continues. Used by ``xray_loss.sweep.SweepBookkeeping``.
+"""Run and sweep directories: one writer each, a directory of its own for every sweep, the
+run a single ``resume=true`` continues, a sweep job's name, and the runs TensorBoard lists in a
+directory (``python -m xray_loss.rundirs URL <dir> <port>``: what ``make tensorboard`` opens).
+Used by ``xray_loss.sweep.SweepBookkeeping``.
 
 A directory being written to holds ``.lock`` (owner pid, host, start, command), created
 atomically; a second live writer stops with a message naming the owner instead of mixing its
@@ -9,6 +11,7 @@ files in, and a lock whose process is gone (same host) is stale and taken over.
 from __future__ import annotations
 
 import atexit
+import base64
 import json
 import logging
 import os
@@ -19,11 +22,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from omegaconf import DictConfig
 
 from xray_loss.config import run_dirname
-from xray_loss.record import now_iso, read_record
+from xray_loss.record import RESUMABLE, now_iso, read_record
 from xray_loss.resume import resume_checkpoint
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,25 @@ class DirectoryInUse(SystemExit):
 
 class CannotResume(SystemExit):
     """``resume=true`` found nothing to continue; the message says why."""
+
+
+class CannotWrite(SystemExit):
+    """The log directory cannot be written; the message names it (raised before Hydra makes
+    the run's folder, which would end in a chain of tracebacks)."""
+
+
+def check_writable(path: Path) -> None:
+    """Refuse a log directory whose nearest existing folder is read-only or not writable."""
+    folder = Path(path).expanduser().absolute()
+    while not folder.exists():
+        folder = folder.parent
+    read_only = bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
+    if read_only or not os.access(folder, os.W_OK | os.X_OK):
+        why = "is on a read-only disk" if read_only else "is not writable"
+        raise CannotWrite(
+            f"Error: the log directory {path} cannot be written: {folder} {why}. Run from a "
+            f"writable folder or point paths.log_dir=... at one."
+        )
 
 
 def _process_start(pid: int) -> int | None:
@@ -185,7 +208,7 @@ def check_resumable(run_dir: Path) -> None:
             flush=True,
         )
         sys.exit(0)
-    if status != "running":
+    if status not in RESUMABLE:
         raise CannotResume(
             f"resume=true: the latest run, {run_dir}, ended {status}: "
             f"{record.get('error') or 'see its metrics.json'}. Only interrupted runs continue; "
@@ -197,3 +220,55 @@ def check_resumable(run_dir: Path) -> None:
             f"{run_dir / 'checkpoints'}), so there is nothing to continue from; start it again "
             f"without resume=true (checkpoint_every_n_steps=N checkpoints within epochs)."
         )
+
+
+# --- names: a sweep job, TensorBoard's runs ----------------------------------------------------
+def job_dirname(overrides: list[str], held: list[str], fallback: str) -> str:
+    """A sweep job's directory (and TensorBoard run) name: its overrides without the ``held``
+    keys, those that take one value in the whole sweep (``hydra.job.config.override_dirname.
+    exclude_keys``, set by ``SweepBookkeeping``), e.g. ``loss=ce,lr=0.001,seed=1``."""
+    held = set(held or ())
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in held]
+    return run_dirname(kept, "", fallback)
+
+
+def tensorboard_runs(logdir: Path) -> list[str]:
+    """The runs TensorBoard lists for ``logdir``: every directory holding an events file,
+    named by its path relative to ``logdir`` (``.`` for ``logdir`` itself)."""
+    logdir = Path(logdir)
+    found = {p.parent.relative_to(logdir).as_posix() for p in logdir.rglob("*tfevents*")}
+    return sorted(found)
+
+
+# TensorBoard selects every run in Time Series (up to 500) but, in Scalars, Custom Scalars and
+# Images, none when there are more than 40, and smooths by 0.6. The last three keep their state
+# in the URL's #fragment (shared by the tabs; runSelectionState: base64 JSON), Time Series in
+# its query. Tabs sort tag groups by name (Time Series opens the first two only), so a tag
+# filter leaves out test/ (one point per run, which the HParams tab shows) to open on the
+# curves (train/, val/), then the images and figures (IMAGES/).
+IMAGES = "viz"  # the images' and figures' tag group (xray_loss.dashboard.SampleGrid)
+TIME_SERIES = f"^(train|val|{IMAGES})/"
+_MAX_DEFAULT_SELECTED = 40
+
+
+def tensorboard_url(logdir: Path, port: int | str, host: str = "127.0.0.1") -> str:
+    """The URL that opens every TensorBoard tab on ``logdir`` filled: all runs selected (however
+    many), curves unsmoothed, the training and validation curves first."""
+    runs = tensorboard_runs(logdir)
+    state = ""
+    if len(runs) > _MAX_DEFAULT_SELECTED:
+        selected = json.dumps(dict.fromkeys(runs, 1), separators=(",", ":"))
+        state = "&runSelectionState=" + quote(base64.b64encode(selected.encode()).decode(), "")
+    tags = f"tagFilter={quote(TIME_SERIES, '')}"
+    return f"http://{host}:{port}/?smoothing=0&{tags}#timeseries&_smoothingWeight=0&{tags}{state}"
+
+
+if __name__ == "__main__":  # python -m xray_loss.rundirs URL <logdir> <port>: for the Makefile
+    if len(sys.argv) != 4 or sys.argv[1] != "URL":
+        sys.exit("usage: python -m xray_loss.rundirs URL <logdir> <port>")
+    _runs = tensorboard_runs(Path(sys.argv[2]))
+    print(
+        f"TensorBoard on {sys.argv[2]} ({len(_runs)} runs): every tab filled, unsmoothed, at\n"
+        f"  {tensorboard_url(Path(sys.argv[2]), sys.argv[3])}\n(Ctrl-C to stop)",
+        flush=True,
+    )

@@ -6,6 +6,9 @@
   microsecond) and the command's overrides (``<time>_<hash>``), created atomically so that two
   identical sweeps started at once never share one; with ``resume=true`` it reuses the latest
   directory of the same command, so finished jobs are skipped and interrupted ones continue.
+  Its jobs are named by the settings it varies (``loss=ce,lr=0.001,seed=1``): the keys that
+  take one value go to ``hydra.job.config.override_dirname.exclude_keys``, which
+  ``conf/hydra/default.yaml``'s ``${xray_loss.jobname:...}`` leaves out.
 - ``on_run_start`` (a single run): with ``resume=true``, picks the latest run directory of the
   same overrides and continues it, or says why it cannot (none, completed, failed, no
   checkpoint yet).
@@ -15,7 +18,9 @@
 - ``on_job_end`` (in whichever process ran the job): rewrites ``sweep_summary.csv`` (one row per
   job) and ``sweep_aggregate.csv`` (mean and std over seeds and folds of each configuration)
   from the jobs' ``metrics.json`` files, atomically, so they can be read while the sweep runs.
-- ``on_multirun_end``: final tables; if any job failed or diverged it says which and exits
+- ``on_multirun_end``: final tables and the sweep's TensorBoard HParams experiment (what varies
+  across its runs, ``xray_loss.dashboard.write_experiment``); prints the command that shows it
+  (``make tensorboard SWEEP=<dir>``); if any job failed or diverged it says which and exits
   non-zero, after every other job has run.
 """
 
@@ -27,6 +32,7 @@ import io
 import logging
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -34,17 +40,19 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, open_dict, read_write
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from xray_loss.config import setup_process
 from xray_loss.dashboard import sweep_axes, write_experiment
 from xray_loss.ddp import global_rank
 from xray_loss.metrics import METRICS
-from xray_loss.record import atomic_path, read_record
+from xray_loss.record import Interrupted, atomic_path, read_record
 from xray_loss.report.runs import format_value
 from xray_loss.report.stats import SUMMARY_KEYS, summarise
 from xray_loss.rundirs import (
     check_resumable,
+    check_writable,
+    job_dirname,
     lock_directory,
     new_sweep_dir,
     run_to_resume,
@@ -137,22 +145,46 @@ def write_tables(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def held_keys(params: dict[str, Any] | None, overrides: list[str], axes: dict) -> list[str]:
+    """The keys a sweep's jobs all share one value of (left out of their names): those of its
+    command and sweeper ``params`` that are not ``axes`` (``sweep_axes``) with several values
+    (or with none listed: an interval); none when nothing varies (a one-job sweep)."""
+    varied = {key for key, values in axes.items() if len(values) != 1}
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in overrides] + list(params or {})
+    return sorted({key for key in keys if key not in varied}) if varied else []
+
+
+def _register_resolvers() -> None:
+    """``xray_loss.jobname`` (a sweep job's name, conf/hydra/default.yaml) with the others."""
+    setup_process()
+    if not OmegaConf.has_resolver("xray_loss.jobname"):
+        OmegaConf.register_new_resolver(
+            "xray_loss.jobname",
+            lambda overrides, held, fallback: job_dirname(list(overrides), list(held), fallback),
+        )
+
+
 class SweepBookkeeping(Callback):
     """Hydra callback; see the module docstring."""
 
     _lock: Path | None = None
+    _axes: dict[str, list] | None = None
+
+    def __init__(self) -> None:
+        _register_resolvers()  # before any job of a sweep is named
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A parallel launcher (joblib, submitit) unpickles its callbacks in the worker before
         # the worker names the job's directory with the xray_loss.* resolvers: install them.
         self.__dict__.update(state)
-        setup_process()
+        _register_resolvers()
 
     # --- a single run ---------------------------------------------------------------------------
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         if "LOCAL_RANK" in os.environ or global_rank() > 0:
             return  # a DDP rank of a run: rank 0 holds its directory
         HydraConfig.instance().set_config(config)  # for ${hydra:...} in the directory's name
+        check_writable(Path(config.paths.log_dir))
         chosen = any(o.startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra)
         resume = bool(config.get("resume"))
         run_dir = run_to_resume(config) if resume and not chosen else None
@@ -172,30 +204,39 @@ class SweepBookkeeping(Callback):
     # --- a sweep --------------------------------------------------------------------------------
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         hydra_overrides = list(config.hydra.overrides.hydra)
+        task = list(config.hydra.overrides.task)
+        check_writable(Path(config.paths.log_dir))
         if any(o.startswith("hydra.sweep.dir=") for o in hydra_overrides):
             # the user chose the directory
-            self._lock = lock_directory(Path(str(config.hydra.sweep.dir)), "sweep")
-            params, task = config.hydra.sweeper.get("params"), list(config.hydra.overrides.task)
-            write_experiment(Path(str(config.hydra.sweep.dir)), sweep_axes(params, task), once=True)
-            return
-        base = Path(config.paths.log_dir) / str(config.name) / "multirun"
-        task = list(config.hydra.overrides.task)
-        key = sweep_key(task + hydra_overrides)
-        previous = sorted(base.glob(f"*_{key}")) if base.exists() else []
-        if config.get("resume") and previous:
-            sweep_dir = previous[-1]
+            sweep_dir = Path(str(config.hydra.sweep.dir))
             self._lock = lock_directory(sweep_dir, "sweep")
-            log.info("resume=true: continuing the sweep in %s", sweep_dir)
         else:
-            if config.get("resume"):
-                log.info("resume=true: no earlier sweep of this command under %s", base)
-            sweep_dir = new_sweep_dir(base, key)
-            self._lock = lock_directory(sweep_dir, "sweep")
-        with read_write(config.hydra), open_dict(config.hydra):
-            config.hydra.sweep.dir = str(sweep_dir)
-            config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{sweep_dir}'")
+            base = Path(config.paths.log_dir) / str(config.name) / "multirun"
+            key = sweep_key(task + hydra_overrides)
+            previous = sorted(base.glob(f"*_{key}")) if base.exists() else []
+            if config.get("resume") and previous:
+                sweep_dir = previous[-1]
+                self._lock = lock_directory(sweep_dir, "sweep")
+                log.info("resume=true: continuing the sweep in %s", sweep_dir)
+            else:
+                if config.get("resume"):
+                    log.info("resume=true: no earlier sweep of this command under %s", base)
+                sweep_dir = new_sweep_dir(base, key)
+                self._lock = lock_directory(sweep_dir, "sweep")
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.sweep.dir = str(sweep_dir)
+                config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{sweep_dir}'")
         params = config.hydra.sweeper.get("params")
-        write_experiment(sweep_dir, sweep_axes(params, task), once=True)
+        self._axes = sweep_axes(params, task)
+        held = held_keys(params, task, self._axes)
+        if held:  # the jobs' names (and TensorBoard runs): what varies
+            held = sorted({*held, *config.hydra.job.config.override_dirname.exclude_keys})
+            listed = ",".join(f"'{key}'" for key in held)
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.job.config.override_dirname.exclude_keys = held
+                config.hydra.overrides.hydra.append(
+                    f"hydra.job.config.override_dirname.exclude_keys=[{listed}]"
+                )
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if global_rank() == 0:
@@ -204,15 +245,39 @@ class SweepBookkeeping(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = write_tables(sweep_dir)
+        if self._axes is not None:
+            write_experiment(sweep_dir, self._axes)
         unlock_directory(self._lock)
         failed = [r for r in rows if r["status"] in FAILED]
         done = sum(r["status"] == "completed" for r in rows)
         print(
             f"\nSweep finished: {done} of {len(rows)} job(s) completed. "
-            f"Summary: {sweep_dir / SUMMARY}",
+            f"Summary: {sweep_dir / SUMMARY}\n"
+            f"TensorBoard: make tensorboard SWEEP={sweep_dir}",
             flush=True,
         )
         if failed:
             lines = [f"  {r['job']}: {r['status']}: {r['error']}" for r in failed]
             print(f"{len(failed)} job(s) failed:\n" + "\n".join(lines), file=sys.stderr, flush=True)
             sys.exit(1)
+
+
+def report_interruption(stop: Interrupted, sweep_dir: Path | None) -> None:
+    """What an interrupted run or sweep prints last: what is kept and the one command that
+    continues it (a sweep's tables are written first: its summary holds every job so far)."""
+    argv = [shlex.quote(a) for a in sys.argv[1:] if a != "resume=true"]
+    command = " ".join(["python -m xray_loss.train", *argv, "resume=true"])
+    if sweep_dir is None:
+        what = f"{stop.run_dir} is recorded as interrupted, its checkpoints kept"
+    else:
+        rows = write_tables(sweep_dir)
+        done = sum(r["status"] == "completed" for r in rows)
+        what = (
+            f"the sweep stopped with {done} of {len(rows)} started job(s) completed; "
+            f"summary: {sweep_dir / SUMMARY}"
+        )
+    print(
+        f"\nInterrupted by {stop.signal_name}: {what}. Continue with:\n  {command}",
+        file=sys.stderr,
+        flush=True,
+    )

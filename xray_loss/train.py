@@ -3,9 +3,8 @@
     python -m xray_loss.train loss=ce lr=1e-3
     python -m xray_loss.train -m loss=bce,ce lr=1e-4,1e-3 epochs=2
 
-Every run writes into its own directory (``logs/<name>/runs/<time>_<overrides>``, or the job's
-directory of a multirun): the composed config (``.hydra/``), ``metrics.json``, checkpoints
-(best by val AUROC, and last), TensorBoard events and ``test_predictions.csv``.
+Every run writes into its own directory (``logs/<name>/runs/<time>_<overrides>``, or a job's of
+a multirun): config (``.hydra/``), ``metrics.json``, checkpoints, TensorBoard events, predictions.
 """
 
 from __future__ import annotations
@@ -28,7 +27,8 @@ from xray_loss.dashboard import write_experiment, write_session
 from xray_loss.ddp import LocalRanks, global_rank, share_cpu_threads
 from xray_loss.identity import hyperparameters, run_configuration
 from xray_loss.metrics import METRICS
-from xray_loss.record import RunRecord, recorded_run
+from xray_loss.record import Interrupted, RunRecord, recorded_run
+from xray_loss.sweep import report_interruption
 
 log = logging.getLogger("xray_loss.train")
 
@@ -63,7 +63,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 cfg.trainer, callbacks=callbacks(cfg), logger=loggers(cfg)
             )
             trainer.fit(module, datamodule=datamodule, ckpt_path=run.resume_from)
-            budgets = epoch_budgets(trainer).test(trainer, module, datamodule)
+            budgets = EpochBudgets.of(trainer).test(trainer, module, datamodule)
             # the best checkpoint's val metrics, for metrics.json (not the per-epoch curves)
             trainer.validate(module, datamodule=datamodule, ckpt_path="best", verbose=False)
             val = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
@@ -90,11 +90,6 @@ def callbacks(cfg: DictConfig) -> list[L.Callback]:
 
 def loggers(cfg: DictConfig) -> list:
     return [instantiate(c) for c in cfg.logger.values() if c]
-
-
-def epoch_budgets(trainer: L.Trainer) -> EpochBudgets:
-    found = [c for c in trainer.callbacks if isinstance(c, EpochBudgets)]
-    return found[0] if found else EpochBudgets(trainer.default_root_dir)
 
 
 def summarise(trainer: L.Trainer, module, val: dict, test: dict, budgets: dict) -> dict[str, Any]:
@@ -133,13 +128,19 @@ def print_summary(run_dir: Path, result: dict[str, Any], cfg: DictConfig) -> Non
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> dict[str, Any]:
-    """Hydra entry point. In a multirun a failed job is recorded and the sweep goes on."""
+    """Hydra entry point. In a multirun a failed job is recorded and the sweep goes on; a
+    signal stops a run or sweep as interrupted, naming the command that continues it."""
     setup_process()  # in launcher workers too (a no-op where the command already ran it)
-    if HydraConfig.get().mode != RunMode.MULTIRUN:
-        return train(cfg)
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
         return train(cfg)
+    except Interrupted as stop:
+        if global_rank() == 0:
+            report_interruption(stop, Path(HydraConfig.get().sweep.dir) if multirun else None)
+        raise
     except Exception as err:
+        if not multirun:
+            raise
         log.error("job failed: %s", err)
         return RunRecord(Path(cfg.paths.output_dir)).data
 
