@@ -52,9 +52,10 @@ def test_identical_sweeps_started_at_once_keep_apart_and_a_second_writer_stops(w
         for run in runs:
             assert metrics(run)["status"] == "completed"
             assert metrics(run)["run_dir"] == str(run)
-            # one writer: TensorBoard files of one process, no -v1 checkpoints
+            # one writer: TensorBoard files of one process (the sweep's experiment, written by
+            # the sweep into its first job, included), no -v1 checkpoints
             writers = {
-                re.search(r"\.(\d+)\.\d+$", p.name).group(1)
+                re.search(r"\.(\d+)\.\d+(\.experiment)?$", p.name).group(1)
                 for p in run.glob("events.out.tfevents.*")
             }
             assert len(writers) == 1, sorted(p.name for p in run.glob("events.out.tfevents.*"))
