@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -222,3 +224,18 @@ def test_the_url_opens_every_tab_unsmoothed_with_every_run_selected(tmp_path, n)
     else:
         state = json.loads(base64.b64decode(unquote(fragment["runSelectionState"])))
         assert set(state) == tensorboard_run_names(logdir) and all(state.values())
+
+
+@pytest.mark.parametrize("where", ["missing", "empty"])
+def test_make_tensorboard_refuses_a_sweep_with_no_runs(tmp_path, where):
+    sweep = tmp_path / "sweep"
+    if where == "empty":
+        sweep.mkdir()
+    proc = subprocess.run(
+        [sys.executable, "-m", "xray_loss.rundirs", "URL", str(sweep), "6006"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    said = "does not exist" if where == "missing" else "holds no TensorBoard runs"
+    assert f"SWEEP={sweep} {said}" in proc.stderr

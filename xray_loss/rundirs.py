@@ -266,7 +266,13 @@ def tensorboard_url(logdir: Path, port: int | str, host: str = "127.0.0.1") -> s
 if __name__ == "__main__":  # python -m xray_loss.rundirs URL <logdir> <port>: for the Makefile
     if len(sys.argv) != 4 or sys.argv[1] != "URL":
         sys.exit("usage: python -m xray_loss.rundirs URL <logdir> <port>")
-    _runs = tensorboard_runs(Path(sys.argv[2]))
+    _runs = tensorboard_runs(Path(sys.argv[2])) if Path(sys.argv[2]).is_dir() else []
+    if not _runs:  # an empty board would look like a TensorBoard problem
+        sys.exit(
+            f"make tensorboard: SWEEP={sys.argv[2]} "
+            f"{'holds no TensorBoard runs' if Path(sys.argv[2]).is_dir() else 'does not exist'}: "
+            f"give a run or sweep directory, e.g. SWEEP=logs/full_grid/multirun/<sweep>."
+        )
     print(
         f"TensorBoard on {sys.argv[2]} ({len(_runs)} runs): every tab filled, unsmoothed, at\n"
         f"  {tensorboard_url(Path(sys.argv[2]), sys.argv[3])}\n(Ctrl-C to stop)",
