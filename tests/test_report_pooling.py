@@ -316,3 +316,23 @@ def test_time_stopped_runs_are_marked(tmp_path):
     assert "† Repeats that the trainer's `max_time` stopped before their nominal epochs" in text
     with open(tmp_path / "report" / "summary.csv") as f:
         assert [r["stopped_by_max_time"] for r in csv.DictReader(f)] == ["0", "1"]
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_sentence(tmp_path, capsys):
+    import subprocess
+
+    from xray_loss.report.__main__ import main
+
+    write(tmp_path / "logs" / "seed=0", training_record(seed=0))
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(disk)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        with pytest.raises(SystemExit) as stop:
+            main([str(tmp_path / "logs"), "--out", str(disk / "report")])
+    finally:
+        subprocess.run(["umount", "-l", str(disk)])
+    assert stop.value.code == 1
+    message = capsys.readouterr().err
+    assert f"cannot write {disk / 'report'}" in message and "--out DIR" in message

@@ -8,6 +8,7 @@ figures (PNG + PDF), summary.csv and summary.md into --out (default <first dir>/
 from __future__ import annotations
 
 import argparse
+import errno
 from pathlib import Path
 
 from xray_loss.metrics import AXES
@@ -34,7 +35,17 @@ def main(argv: list[str] | None = None) -> None:
     bad = [a for a in args.compare if a not in AXES]
     if bad:
         parser.error(f"unknown --compare axis {bad}; valid: {', '.join(AXES)}")
-    make_report(args.dirs, args.out or args.dirs[0] / "report", args.compare, args.bootstrap)
+    out = args.out or args.dirs[0] / "report"
+    try:
+        make_report(args.dirs, out, args.compare, args.bootstrap)
+    except OSError as err:
+        if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+            raise
+        parser.exit(
+            1,
+            f"python -m xray_loss.report: cannot write {err.filename or out} "
+            f"({err.strerror}): give a writable folder with --out DIR.\n",
+        )
 
 
 if __name__ == "__main__":
