@@ -118,6 +118,13 @@ def test_bad_input_gives_one_clear_message(workdir, override, expected):
     assert "Traceback" not in proc.stderr
     if override == "loss=foo":
         assert "\tce\n" in proc.stderr and "\tfocal\n" in proc.stderr
+    assert not list(workdir.glob("logs/*/runs/*"))  # refused before a run directory is made
+
+
+def test_a_name_that_is_a_path_writes_nothing_outside_logs(workdir):
+    proc = run_cli("-m", *TINY, "loss=bce,ce", "name=../../escaped", cwd=workdir)
+    assert proc.returncode == 1 and "name must be a plain folder name" in proc.stderr
+    assert not (workdir.parent / "escaped").exists() and not list(workdir.rglob("escaped"))
 
 
 def test_a_diverging_run_stops_in_its_first_epoch(workdir):

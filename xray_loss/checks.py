@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,9 +90,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Raise ``ConfigError`` on the first invalid user value, naming key and allowed range."""
-    for key, (ok, allowed) in _RULES.items():
+def check_values(cfg: DictConfig, keys: Sequence[str] = tuple(_RULES)) -> None:
+    """Raise ``ConfigError`` on the first invalid value of ``keys``, naming it and its range."""
+    for key in keys:
+        ok, allowed = _RULES[key]
         if OmegaConf.select(cfg, key, default="__absent__") == "__absent__":
             continue
         value = OmegaConf.select(cfg, key)
@@ -100,6 +101,11 @@ def check_config(cfg: DictConfig) -> None:
             continue
         if not ok(value):
             raise ConfigError(f"Invalid value {key}={value!r}: {key} must be {allowed}.")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise ``ConfigError`` on the first invalid user value, naming key and allowed range."""
+    check_values(cfg)
     check_threshold(OmegaConf.select(cfg, "threshold", default=0.5))
     problem = matched_head_problem(cfg)
     if problem:

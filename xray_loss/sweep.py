@@ -42,7 +42,8 @@ from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from xray_loss.config import setup_process
+from xray_loss.checks import check_config, check_values
+from xray_loss.config import ConfigError, setup_process
 from xray_loss.dashboard import sweep_axes, write_experiment
 from xray_loss.ddp import global_rank
 from xray_loss.metrics import METRICS
@@ -184,6 +185,7 @@ class SweepBookkeeping(Callback):
         if "LOCAL_RANK" in os.environ or global_rank() > 0:
             return  # a DDP rank of a run: rank 0 holds its directory
         HydraConfig.instance().set_config(config)  # for ${hydra:...} in the directory's name
+        _refuse_early(config, check_config)  # before Hydra makes the run's directory
         check_writable(Path(config.paths.log_dir))
         chosen = any(o.startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra)
         resume = bool(config.get("resume"))
@@ -205,6 +207,7 @@ class SweepBookkeeping(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         hydra_overrides = list(config.hydra.overrides.hydra)
         task = list(config.hydra.overrides.task)
+        _refuse_early(config, lambda cfg: check_values(cfg, ["name"]))  # jobs check the rest
         check_writable(Path(config.paths.log_dir))
         if any(o.startswith("hydra.sweep.dir=") for o in hydra_overrides):
             # the user chose the directory
@@ -281,3 +284,12 @@ def report_interruption(stop: Interrupted, sweep_dir: Path | None) -> None:
         file=sys.stderr,
         flush=True,
     )
+
+
+def _refuse_early(config: DictConfig, check) -> None:
+    """A config error found before Hydra makes a directory: one sentence, exit 1 (a callback's
+    own exceptions would be turned into warnings)."""
+    try:
+        check(config)
+    except ConfigError as err:
+        raise SystemExit(f"Error: {err}") from None
