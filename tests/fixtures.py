@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import struct
+import subprocess
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from xray_loss.data.phantom import generate_phantoms
@@ -119,3 +123,22 @@ def make_labeled_folder(
             )
             _save(image, folder / name / f"{stem}.jpeg", size, rgb=False)
     return folder
+
+
+@contextmanager
+def tmpfs(path: Path, size: str = "64k", read_only: bool = False) -> Iterator[Path]:
+    """A small tmpfs mounted at ``path`` (a full or read-only disk, for real): root only, the
+    test is skipped elsewhere. ``read_only`` mounts it empty and read-only; ``remount_ro(path)``
+    turns a filled one read-only."""
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"{'ro,' if read_only else ''}size={size}"
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)]).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)])
+
+
+def remount_ro(path: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)

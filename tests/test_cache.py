@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.fixtures import make_kermany
+from tests.fixtures import make_kermany, tmpfs
 from xray_loss.data import cache as cache_mod
 from xray_loss.data.cache import cached_images
 from xray_loss.data.images import decode
@@ -190,14 +190,8 @@ def test_too_little_free_space_is_one_sentence_before_any_decoding(tmp_path, mon
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    """A 64 KiB tmpfs (root only: skipped elsewhere)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)])
-    if done.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)])
+    with tmpfs(tmp_path / "disk") as disk:
+        yield disk
 
 
 def test_a_disk_that_fills_while_the_store_is_reserved_is_named(tmp_path, tiny_disk, monkeypatch):

@@ -4,24 +4,19 @@ a bad file is one sentence naming the path, and the checkpoints already there st
 from __future__ import annotations
 
 import pickle
-import subprocess
 
 import pytest
 import torch
 
+from tests.fixtures import tmpfs
 from xray_loss.checkpointing import AtomicCheckpointIO
 from xray_loss.record import RunStopped
 
 
 @pytest.fixture
 def tiny_disk(tmp_path):
-    """A 256 KiB tmpfs (root only: skipped elsewhere)."""
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)]).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)])
+    with tmpfs(tmp_path / "disk", size="256k") as disk:
+        yield disk
 
 
 def test_a_full_disk_keeps_the_last_checkpoint_and_names_the_path(tiny_disk):
@@ -38,19 +33,10 @@ def test_a_full_disk_keeps_the_last_checkpoint_and_names_the_path(tiny_disk):
 
 
 def test_a_read_only_disk_is_named(tmp_path):
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    if subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)]
-    ).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        with pytest.raises(RunStopped) as err:
-            AtomicCheckpointIO().save_checkpoint({"epoch": 0}, mount / "best-epoch000.ckpt")
-        assert str(mount / "best-epoch000.ckpt") in str(err.value)
-        assert "writable" in str(err.value)
-    finally:
-        subprocess.run(["umount", "-l", str(mount)])
+    with tmpfs(tmp_path / "ro", read_only=True) as disk, pytest.raises(RunStopped) as err:
+        AtomicCheckpointIO().save_checkpoint({"epoch": 0}, disk / "best-epoch000.ckpt")
+    assert str(disk / "best-epoch000.ckpt") in str(err.value)
+    assert "writable" in str(err.value)
 
 
 class Payload:

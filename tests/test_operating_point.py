@@ -7,7 +7,6 @@ import csv
 import functools
 import json
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import assert_ok, metrics, run_cli, run_dirs
-from tests.fixtures import make_kermany, make_labeled_folder
+from tests.fixtures import make_kermany, make_labeled_folder, remount_ro, tmpfs
 from xray_loss.metrics import binary_metrics
 from xray_loss.threshold import (
     SMALL_SAMPLE_COVERAGE,
@@ -313,13 +312,9 @@ def test_source_and_rule_round_trip_through_checkpoint_metrics_eval_and_predict(
     sidecar_path(best).unlink()
 
     # a checkpoint on a read-only disk: the before and after are printed, the failure named
-    disk = workdir / "ro"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)]).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
+    with tmpfs(workdir / "ro", size="64m") as disk:
         shutil.copy(best, disk / best.name)
-        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+        remount_ro(disk)
         proc = run_cli(
             f"ckpt_path={disk / best.name}",
             f"recalibrate={site}",
@@ -329,8 +324,6 @@ def test_source_and_rule_round_trip_through_checkpoint_metrics_eval_and_predict(
         assert proc.returncode != 0 and "Traceback" not in proc.stderr
         assert "before" in proc.stdout and "after" in proc.stdout
         assert str(sidecar_path(disk / best.name)) in proc.stderr and "writable" in proc.stderr
-    finally:
-        subprocess.run(["umount", "-l", str(disk)])
     shutil.rmtree(site)
 
 

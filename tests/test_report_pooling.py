@@ -319,20 +319,12 @@ def test_time_stopped_runs_are_marked(tmp_path):
 
 
 def test_an_output_folder_that_cannot_be_written_is_one_sentence(tmp_path, capsys):
-    import subprocess
-
+    from tests.fixtures import tmpfs
     from xray_loss.report.__main__ import main
 
     write(tmp_path / "logs" / "seed=0", training_record(seed=0))
-    disk = tmp_path / "ro"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(disk)]).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        with pytest.raises(SystemExit) as stop:
-            main([str(tmp_path / "logs"), "--out", str(disk / "report")])
-    finally:
-        subprocess.run(["umount", "-l", str(disk)])
+    with tmpfs(tmp_path / "ro", read_only=True) as disk, pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "logs"), "--out", str(disk / "report")])
     assert stop.value.code == 1
     message = capsys.readouterr().err
     assert f"cannot write {disk / 'report'}" in message and "--out DIR" in message

@@ -13,6 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from tests.conftest import ROOT, TINY, assert_ok, metrics, run_cli, run_dirs
+from tests.fixtures import tmpfs
 from xray_loss.module import XrayClassifier
 
 pytestmark = pytest.mark.slow
@@ -214,15 +215,9 @@ def test_a_run_that_diverges_late_keeps_the_budgets_it_passed(workdir):
 
 @pytest.mark.parametrize("multirun", [False, True])
 def test_a_read_only_log_directory_is_one_sentence(workdir, multirun):
-    disk = workdir / "ro"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(disk)]).returncode:
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    try:
-        args = ["-m", "loss=bce,ce"] if multirun else []
-        proc = run_cli(*TINY, *args, f"paths.log_dir={disk / 'logs'}", cwd=workdir)
-    finally:
-        subprocess.run(["umount", "-l", str(disk)])
+    args = ["-m", "loss=bce,ce"] if multirun else []
+    with tmpfs(workdir / "ro", read_only=True) as disk:
+        proc = run_cli(*args, *TINY, f"paths.log_dir={disk / 'logs'}", cwd=workdir)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert f"the log directory {disk / 'logs'} cannot be written" in proc.stderr
     assert "read-only" in proc.stderr and "paths.log_dir=" in proc.stderr

@@ -185,7 +185,8 @@ class SweepBookkeeping(Callback):
         if "LOCAL_RANK" in os.environ or global_rank() > 0:
             return  # a DDP rank of a run: rank 0 holds its directory
         HydraConfig.instance().set_config(config)  # for ${hydra:...} in the directory's name
-        _refuse_early(config, check_config)  # before Hydra makes the run's directory
+        if config.hydra.job.name == "train":  # before Hydra makes the run's directory
+            _refuse_early(config, check_config)
         check_writable(Path(config.paths.log_dir))
         chosen = any(o.startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra)
         resume = bool(config.get("resume"))
