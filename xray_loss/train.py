@@ -103,8 +103,8 @@ def summarise(trainer: L.Trainer, module, val: dict, test: dict, budgets: dict) 
         "stopped_by": stopped_by,  # max_epochs, max_time, ...: record.STOP_REASONS
         "epochs_trained": epochs,  # complete epochs (a cut one is not counted)
         "steps": trainer.global_step,
-        # val and test metrics are both taken at this threshold (P >= threshold: pneumonia)
-        "threshold": float(module.threshold),
+        "final_lr": trainer.optimizers[0].param_groups[0]["lr"],  # the backbone's, at the end
+        "threshold": float(module.threshold),  # of val and test metrics: P >= it is pneumonia
         "operating_point": module.operating_point_report(),
         "val": {k: float(v) for k, v in val.items()},
         "test": {k: float(v) for k, v in test.items() if k.startswith("test/")},
