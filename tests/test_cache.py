@@ -203,3 +203,10 @@ def test_a_disk_that_fills_while_the_store_is_reserved_is_named(tmp_path, tiny_d
     with pytest.raises(DataError) as err:
         cached_images(_files(root), 96, "squash", cache, num_workers=0)
     _assert_no_room(err, cache)
+
+
+def test_a_read_only_cache_directory_is_one_sentence(tmp_path):
+    root = make_kermany(tmp_path / "cx", n_normal=6, n_pneumonia=9)
+    with tmpfs(tmp_path / "ro", read_only=True) as disk, pytest.raises(DataError) as err:
+        cached_images(_files(root), 32, "squash", disk / "cache", num_workers=0)
+    assert str(disk / "cache") in str(err.value) and "XRAY_LOSS_CACHE" in str(err.value)

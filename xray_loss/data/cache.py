@@ -153,7 +153,16 @@ def cached_images(
     content hash of every file.
     """
     cache_dir = Path(cache_dir).expanduser()
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(cache_dir, os.W_OK) or os.statvfs(cache_dir).f_flag & os.ST_RDONLY:
+            raise PermissionError(f"{cache_dir} is read-only")
+    except OSError as err:
+        raise DataError(
+            f"The image cache directory {cache_dir} cannot be written ({err.strerror or err}): "
+            f"point XRAY_LOSS_CACHE at a writable folder, or set data.cache=false (every image "
+            f"decoded at each access: slower)."
+        ) from None
     key = cache_key(files, image_size, resize)
     store, meta_path = cache_dir / f"{prefix}-{key}.npy", cache_dir / f"{prefix}-{key}.json"
     found = _load_store(store, meta_path, len(files), image_size)
