@@ -101,11 +101,16 @@ def setup_process() -> None:
 
 def register_resolvers() -> None:
     """Register the ``xray_loss.*`` resolvers (idempotent)."""
+    from xray_loss.rundirs import job_dirname
     from xray_loss.slurm import slurm_gpus
 
     resolvers: dict[str, Callable[..., Any]] = {
         "xray_loss.dirname": lambda overrides, prefix="", fallback="": run_dirname(
             list(overrides), prefix, fallback
+        ),
+        # a sweep job's name: its overrides less those the whole sweep holds (SweepBookkeeping)
+        "xray_loss.jobname": lambda overrides, held, fallback: job_dirname(
+            list(overrides), list(held), fallback
         ),
         "xray_loss.scale_epochs": scale_epochs,
         "xray_loss.slurm_gpus": slurm_gpus,

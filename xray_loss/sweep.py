@@ -40,7 +40,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, open_dict, read_write
 
 from xray_loss.checks import check_config, check_values
 from xray_loss.config import ConfigError, setup_process
@@ -53,7 +53,6 @@ from xray_loss.report.stats import SUMMARY_KEYS, summarise
 from xray_loss.rundirs import (
     check_resumable,
     check_writable,
-    job_dirname,
     lock_directory,
     new_sweep_dir,
     run_to_resume,
@@ -155,16 +154,6 @@ def held_keys(params: dict[str, Any] | None, overrides: list[str], axes: dict) -
     return sorted({key for key in keys if key not in varied}) if varied else []
 
 
-def _register_resolvers() -> None:
-    """``xray_loss.jobname`` (a sweep job's name, conf/hydra/default.yaml) with the others."""
-    setup_process()
-    if not OmegaConf.has_resolver("xray_loss.jobname"):
-        OmegaConf.register_new_resolver(
-            "xray_loss.jobname",
-            lambda overrides, held, fallback: job_dirname(list(overrides), list(held), fallback),
-        )
-
-
 class SweepBookkeeping(Callback):
     """Hydra callback; see the module docstring."""
 
@@ -172,13 +161,13 @@ class SweepBookkeeping(Callback):
     _axes: dict[str, list] | None = None
 
     def __init__(self) -> None:
-        _register_resolvers()  # before any job of a sweep is named
+        setup_process()  # the xray_loss.* resolvers, before any job of a sweep is named
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A parallel launcher (joblib, submitit) unpickles its callbacks in the worker before
         # the worker names the job's directory with the xray_loss.* resolvers: install them.
         self.__dict__.update(state)
-        _register_resolvers()
+        setup_process()
 
     # --- a single run ---------------------------------------------------------------------------
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
