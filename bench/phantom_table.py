@@ -21,7 +21,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "data.md"
 COLUMNS = ("acc", "auroc", "sensitivity", "specificity")
-HEADER = "| seed | head | test accuracy | test AUROC | sensitivity | specificity |\n|---|---|---|---|---|---|"
+HEADER = (
+    "| seed | head | test accuracy | test AUROC | sensitivity | specificity |\n"
+    "|---|---|---|---|---|---|"
+)
 BEGIN, END = "<!-- phantom-table: bench/phantom_table.py -->", "<!-- /phantom-table -->"
 
 
