@@ -192,10 +192,10 @@ def test_a_run_stopped_by_the_clock_says_so_and_counts_complete_epochs_only(work
     assert_ok(run_cli(*TINY, "epochs=2", "name=plain", cwd=workdir))
     (plain,) = run_dirs(workdir / "logs" / "plain")
     assert metrics(plain)["stopped_by"] == "max_epochs" and metrics(plain)["epochs_trained"] == 2
-    # the learning rate per epoch (LearningRateMonitor), and the backbone's last in the record
+    # the learning rate per epoch, on the epoch axis, and the backbone's last in the record
     assert metrics(plain)["final_lr"] == pytest.approx(1e-3)
-    lrs = [e.value for e in events(plain).Scalars("lr-Adam/pg1")]
-    assert lrs == pytest.approx([1e-3, 1e-3])
+    lrs = [(e.step, e.value) for e in events(plain).Scalars("train/lr")]
+    assert lrs == [(1, pytest.approx(1e-3)), (2, pytest.approx(1e-3))]
 
 
 def test_a_run_that_diverges_late_keeps_the_budgets_it_passed(workdir):

@@ -168,10 +168,16 @@ class XrayClassifier(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._log_epoch_as_step()
+        # the backbone's learning rate this epoch, on the epoch axis like every other curve
+        # (Lightning's LearningRateMonitor logs at the optimizer step)
+        self.log("train/lr", self._epoch_lr)
         self.log("train/loss", self.train_loss.compute(), prog_bar=True)
         self.log("train/acc", self.train_acc.compute(), prog_bar=True)
         self.train_loss.reset()
         self.train_acc.reset()
+
+    def on_train_epoch_start(self) -> None:
+        self._epoch_lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
 
     def _eval_step(self, batch: tuple[torch.Tensor, ...], stage: str) -> None:
         x, y, index = batch
