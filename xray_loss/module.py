@@ -176,8 +176,12 @@ class XrayClassifier(L.LightningModule):
         self.train_loss.reset()
         self.train_acc.reset()
 
-    def on_train_epoch_start(self) -> None:
-        self._epoch_lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        # the lr of this epoch: read at its first batch in this process (also after a resume
+        # mid-epoch), before an epoch-wise scheduler steps at its end
+        if getattr(self, "_lr_epoch", None) != self.current_epoch:
+            self._lr_epoch = self.current_epoch
+            self._epoch_lr = float(self.trainer.optimizers[0].param_groups[0]["lr"])
 
     def _eval_step(self, batch: tuple[torch.Tensor, ...], stage: str) -> None:
         x, y, index = batch
