@@ -1,24 +1,12 @@
-"""Training augmentation: per image, both on the CPU path and the batched (GPU) path."""
+"""Training augmentation: drawn per image, applied to the batch at once, wherever it lives."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from torchvision.transforms import v2
 
-from xray_loss.data.augment import AugmentConfig, BatchAugment, sample_augment
+from xray_loss.data.augment import AugmentConfig, BatchAugment
 from xray_loss.data.phantom import PhantomDataModule
-
-
-def test_sample_augment_is_torchvision_v2_without_flip_by_default():
-    assert sample_augment(AugmentConfig(enabled=False), 32) is None
-    plain = sample_augment(AugmentConfig(), 32)
-    assert not any(isinstance(t, v2.RandomHorizontalFlip) for t in plain.transforms)
-    flipped = sample_augment(AugmentConfig(hflip=True), 32)
-    assert any(isinstance(t, v2.RandomHorizontalFlip) for t in flipped.transforms)
-    image = torch.randint(0, 256, (1, 32, 32), dtype=torch.uint8)
-    out = plain(image)
-    assert out.shape == image.shape and out.dtype == torch.uint8
 
 
 def test_batch_augment_draws_its_parameters_per_image():
@@ -37,13 +25,30 @@ def test_batch_augment_with_nothing_to_do_is_the_identity():
     torch.testing.assert_close(BatchAugment(cfg)(images), images.float() / 255, atol=1e-5, rtol=0)
 
 
+def test_horizontal_flip_is_off_by_default_and_mirrors_when_on():
+    # an image that is bright on its left half only: no draw of the default recipe moves the
+    # brightness to the right half; with hflip about half the images are mirrored
+    image = torch.zeros(1, 1, 32, 32, dtype=torch.uint8)
+    image[..., :16] = 200
+    batch = image.repeat(64, 1, 1, 1)
+    quiet = {"rotation": 0, "crop_scale": 1.0, "brightness": 0, "contrast": 0}
+    seeds = list(range(64))
+
+    def right_heavy(out: torch.Tensor) -> int:
+        return int((out[..., 16:].mean((1, 2, 3)) > out[..., :16].mean((1, 2, 3))).sum())
+
+    assert right_heavy(BatchAugment(AugmentConfig(**quiet))(batch, seeds)) == 0
+    assert 16 < right_heavy(BatchAugment(AugmentConfig(hflip=True, **quiet))(batch, seeds)) < 48
+
+
 def test_training_batches_are_augmented_and_evaluation_batches_are_not():
     dm = PhantomDataModule(
         n_train=64, n_val=16, n_test=16, image_size=32, batch_size=64, augment={"enabled": True}
     )
     dm.setup("fit")
     x, _, _ = next(iter(dm.train_dataloader()))
-    assert not torch.equal(x.sort(0).values, dm.splits["train"].images.sort(0).values)
+    train = dm.splits["train"].images.float() / 255
+    assert x.dtype == torch.float32 and not torch.equal(x.sort(0).values, train.sort(0).values)
     xv, _, _ = next(iter(dm.val_dataloader()))
     assert torch.equal(xv, dm.splits["val"].images)
 

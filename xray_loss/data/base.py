@@ -3,7 +3,8 @@
 A source subclasses ``XrayDataModule`` and implements ``load_splits``, returning the train,
 val and test splits as uint8 tensors (N, 1, S, S) with int64 labels (1 = pneumonia). Everything
 downstream (batching, augmentation, moving the data to the GPU) is here, so every source trains
-the same way. Images stay uint8 until they reach the model, which scales and normalises them.
+the same way. Images stay uint8 until they reach the model, which scales and normalises them
+(augmented training batches arrive as float in [0, 1]).
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from xray_loss.data.augment import AugmentConfig, BatchAugment, sample_augment
+from xray_loss.data.augment import AugmentConfig, BatchAugment
 from xray_loss.data.images import worker_start_method
 from xray_loss.data.order import (
     ImageTensorDataset,
     TrainLoader,
     TrainOrder,
     keep_batch,
-    sample_seed,
 )
 from xray_loss.data.splits import DataError, Split, split_difference
 
@@ -64,7 +64,6 @@ class XrayDataModule(L.LightningDataModule):
         self.splits: dict[str, Split] | None = None
         self._identities: dict[str, dict] = {}
         self.on_device = False
-        self._batch_augment: BatchAugment | None = None
 
     # --- to implement in a data source -----------------------------------------------------
     def load_splits(self) -> dict[str, Split]:
@@ -180,8 +179,6 @@ class XrayDataModule(L.LightningDataModule):
                 split.images = split.images.to(device)
                 split.labels = split.labels.to(device)
             self.on_device = True
-            if self.augment_cfg.enabled:
-                self._batch_augment = BatchAugment(self.augment_cfg)
             log.info("data kept on %s; augmentation runs there (no worker processes)", device)
 
     def _fits(self, device: torch.device) -> bool:
@@ -221,10 +218,8 @@ class XrayDataModule(L.LightningDataModule):
         return self.splits["train"].class_counts()
 
     def _loader(self, split: str, train: bool) -> DataLoader:
-        transform = None
-        if train and not self.on_device:
-            transform = sample_augment(self.augment_cfg, self.splits[split].images.shape[-1])
-        dataset = ImageTensorDataset(self.splits[split], transform, self.seed)
+        augment = BatchAugment(self.augment_cfg) if train and self.augment_cfg.enabled else None
+        dataset = ImageTensorDataset(self.splits[split], augment, self.seed)
         workers = 0 if self.on_device else self.num_workers
         on_cuda = self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
         order = None
@@ -266,11 +261,3 @@ class XrayDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", train=False)
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if self._batch_augment is not None and self.trainer is not None and self.trainer.training:
-            images, labels, index = batch
-            epoch = self.trainer.current_epoch
-            seeds = [sample_seed(self.seed, epoch, i) for i in index.tolist()]
-            return self._batch_augment(images, seeds), labels, index
-        return batch

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from xray_loss.data.augment import augment_image
+from xray_loss.data.augment import BatchAugment
 from xray_loss.data.splits import Split
 
 _MASK = (1 << 64) - 1
@@ -50,12 +50,12 @@ class ImageTensorDataset(Dataset):
     A batch is (images, labels, indices): the dataset indices let evaluation count every image
     exactly once when a distributed sampler pads the split with repeats. The training sampler
     hands out ``SampleKey(index, epoch)``: each image is augmented under its own seed,
-    ``sample_seed(seed, epoch, index)``, the same in any worker process.
+    ``sample_seed(seed, epoch, index)``, the same in any worker process or on the GPU.
     """
 
-    def __init__(self, split: Split, transform=None, seed: int = 0) -> None:
+    def __init__(self, split: Split, augment: BatchAugment | None = None, seed: int = 0) -> None:
         self.split = split
-        self.transform = transform
+        self.augment = augment
         self.seed = int(seed)
 
     def __len__(self) -> int:
@@ -71,17 +71,11 @@ class ImageTensorDataset(Dataset):
         indices = [int(k.index) if isinstance(k, SampleKey) else int(k) for k in keys]
         index = torch.as_tensor(indices, device=self.split.labels.device)
         images = self.split.images[index]
-        if self.transform is not None:
-            seeds = [
-                sample_seed(self.seed, k.epoch, k.index) if isinstance(k, SampleKey) else None
-                for k in keys
-            ]
-            images = torch.stack(
-                [
-                    augment_image(self.transform, img, s) if s is not None else self.transform(img)
-                    for img, s in zip(images, seeds, strict=True)
-                ]
-            )
+        if self.augment is not None:
+            seeds = None  # a sampler Lightning put in place (overfit_batches): the global RNG
+            if all(isinstance(k, SampleKey) for k in keys):
+                seeds = [sample_seed(self.seed, k.epoch, k.index) for k in keys]
+            images = self.augment(images, seeds)
         return images, self.split.labels[index], index
 
 
