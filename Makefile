@@ -7,7 +7,7 @@ PORT ?= 6006
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train test test-slurm test-browser lint format pre-commit notebook tensorboard clean
+.PHONY: install train test test-slurm test-browser lint format pre-commit notebook tensorboard study clean
 
 install: $(STAMP)
 
@@ -65,6 +65,16 @@ SWEEP ?= logs
 tensorboard: install  ## serve logs/ (or SWEEP=<dir>) on http://127.0.0.1:$(PORT)/
 	@$(PY) -m xray_loss.rundirs URL "$(SWEEP)" $(PORT)
 	$(VENV)/bin/tensorboard --logdir "$(SWEEP)" --host 127.0.0.1 --port $(PORT) --samples_per_plugin images=20
+
+# The README's study on a Kermany-layout folder: the grid (loss x lr x epochs, 3 seeds), the
+# matched-head controls, the report and docs/results/<date>-full-grid.md (xray_loss.study).
+# Resumable: the same command continues an interrupted study. STUDY_ARGS sets the scale; the
+# default is the CPU one (small CNN at 32 px) and carves a test split (the folder has no test/).
+DATA ?=
+STUDY_ARGS ?= data.image_size=32 data.test_fraction=0.15 data.num_workers=0
+study: install  ## make study DATA=path/to/chest_xray [STUDY_ARGS="model=resnet18 trainer=gpu"]
+	@test -n "$(DATA)" || { echo "make study: name the data folder: make study DATA=path/to/chest_xray (DATA/train/NORMAL, DATA/train/PNEUMONIA)" >&2; exit 2; }
+	$(PY) -m xray_loss.study "$(DATA)" $(STUDY_ARGS)
 
 clean:  ## remove logs, caches and build debris (keeps .venv)
 	rm -rf logs outputs multirun lightning_logs .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,111 @@
+"""The numbers of the results page (``report.page``): BCE vs CE paired by seed, the matched
+controls, the winners and the overfitting epochs, each from the runs' records and curves.
+
+One rule judges every difference on the page: its 95% t-interval over the seeds excludes 0
+(:func:`differs`); so the page says the same thing whoever reruns it on the same runs, and
+something else when the numbers say something else.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from xray_loss.report.paired import sign_flip_test
+from xray_loss.report.runs import Run
+from xray_loss.report.stats import mean_std
+
+HEADS = {"bce": "BCE", "ce": "CE", "bce_matched": "BCE matched to CE", "ce_matched": "CE matched"}
+
+
+def _key(run: Run) -> tuple[str, float, int]:
+    return str(run.config["loss"]), float(run.config["lr"]), int(run.config["epochs"])
+
+
+def cells_of(runs: list[Run]) -> dict[tuple[str, float, int], dict[int, Run]]:
+    """(head, lr, epochs) -> seed -> run."""
+    cells: dict[tuple[str, float, int], dict[int, Run]] = defaultdict(dict)
+    for r in runs:
+        cells[_key(r)][r.seed] = r
+    return cells
+
+
+# two-sided 95% quantiles of Student's t by degrees of freedom (beyond 30: the normal's)
+_T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+
+
+def paired(cells: dict, a: str, b: str, lr: float, epochs: int, metric: str) -> dict[str, Any]:
+    """Test ``metric`` of head ``b`` minus head ``a`` at (lr, epochs), paired by seed: mean,
+    std, 95% t-interval over the seeds and the sign-flip p."""
+    x, y = cells.get((a, lr, epochs), {}), cells.get((b, lr, epochs), {})
+    diffs = [y[s].test(metric) - x[s].test(metric) for s in sorted(set(x) & set(y))]
+    mean, std = mean_std(diffs)
+    n = len(diffs)
+    half = _T975.get(n - 1, 2.05 if n <= 30 else 1.96) * std / math.sqrt(n) if n > 1 else math.nan
+    return {"n": n, "mean": mean, "std": std, "low": mean - half, "high": mean + half,
+            "p": sign_flip_test(diffs)}  # fmt: skip
+
+
+def diff_text(d: dict[str, Any]) -> str:
+    """``-0.0127 [-0.0310, +0.0056]``: the mean difference and its 95% interval over seeds."""
+    if not d["n"]:
+        return "-"
+    if d["n"] < 2:
+        return f"{d['mean']:+.4f} (1 seed: no interval)"
+    return f"{d['mean']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+
+
+def differs(d: dict[str, Any]) -> bool:
+    """The rule of every "differ" on the page: the 95% interval over seeds excludes 0."""
+    return d["n"] > 1 and (d["low"] > 0 or d["high"] < 0)
+
+
+def overfitting(runs: list[Run]) -> list[dict[str, Any]]:
+    """Per (head, lr) of the longest runs: the epoch of the lowest mean validation loss, the
+    mean val loss there and at the end, and the mean train loss at the end."""
+    longest = max(int(r.config["epochs"]) for r in runs)
+    groups: dict[tuple[str, float], list[Run]] = defaultdict(list)
+    for r in runs:
+        if int(r.config["epochs"]) == longest and r.curves.get("val/loss"):
+            groups[(str(r.config["loss"]), float(r.config["lr"]))].append(r)
+    rows = []
+    for (head, lr), members in sorted(groups.items()):
+        n = min(len(r.curves["val/loss"]) for r in members)
+        val = np.mean([[v for _, v in r.curves["val/loss"][:n]] for r in members], axis=0)
+        train = np.mean([r.curves["train/loss"][n - 1][1] for r in members])
+        low = int(np.argmin(val))
+        rows.append(
+            {
+                "head": head,
+                "lr": lr,
+                "epochs": n,
+                "min_epoch": low + 1,
+                "min_val": val[low],
+                "end_val": val[-1],
+                "end_train": float(train),
+            }  # fmt: skip
+        )
+    return rows
+
+
+def seed_std(cells: dict, head: str, metric: str) -> float:
+    """The median over configurations of the seed-to-seed std of test ``metric``."""
+    stds = [
+        float(np.std([r.test(metric) for r in seeds.values()], ddof=1))
+        for (h, _, _), seeds in cells.items()
+        if h == head and len(seeds) > 1
+    ]
+    return float(np.median(stds)) if stds else math.nan
+
+
+def best(cells: dict, score) -> tuple[tuple[str, float, int], float]:
+    means = {
+        key: float(np.mean([score(r) for r in seeds.values()]))
+        for key, seeds in cells.items()
+        if key[0] in ("bce", "ce")
+    }
+    key = max(means, key=means.get)
+    return key, means[key]
