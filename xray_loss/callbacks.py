@@ -18,6 +18,7 @@ from torchmetrics.functional.classification import (
     binary_roc,
 )
 
+from xray_loss.budget import TimeBudget
 from xray_loss.dashboard import tensorboard_logger
 from xray_loss.metrics import decide
 from xray_loss.record import TrainingDiverged
@@ -88,7 +89,9 @@ def fit_end(trainer: L.Trainer) -> tuple[str, int]:
         reason = "max_epochs"
     elif any(isinstance(c, EarlyStopping) and c.stopped_epoch > 0 for c in trainer.callbacks):
         reason = "early_stopping"
-    elif any((t.time_remaining() or 1.0) <= 0 for t in timers):
+    elif any((t.time_remaining() or 1.0) <= 0 for t in timers) or getattr(
+        TimeBudget.of(trainer), "stopped", False
+    ):
         reason = "max_time"
     elif trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps:
         reason = "max_steps"

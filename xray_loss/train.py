@@ -20,6 +20,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from xray_loss.budget import TimeBudget
 from xray_loss.callbacks import EpochBudgets, fit_end
 from xray_loss.checks import check_config
 from xray_loss.config import setup_process
@@ -59,9 +60,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 _recursive_=False,
                 _convert_="all",
             )
-            trainer: L.Trainer = instantiate(
-                cfg.trainer, callbacks=callbacks(cfg), logger=loggers(cfg)
-            )
+            loggers = [instantiate(c) for c in cfg.logger.values() if c]
+            trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks(cfg), logger=loggers)
             trainer.fit(module, datamodule=datamodule, ckpt_path=run.resume_from)
             budgets = EpochBudgets.of(trainer).test(trainer, module, datamodule)
             # the best checkpoint's val metrics, for metrics.json (not the per-epoch curves)
@@ -88,10 +88,6 @@ def callbacks(cfg: DictConfig) -> list[L.Callback]:
     return found
 
 
-def loggers(cfg: DictConfig) -> list:
-    return [instantiate(c) for c in cfg.logger.values() if c]
-
-
 def summarise(trainer: L.Trainer, module, val: dict, test: dict, budgets: dict) -> dict[str, Any]:
     """What metrics.json records of a finished run, read off the checkpoint callback."""
     checkpoint = trainer.checkpoint_callback
@@ -103,6 +99,7 @@ def summarise(trainer: L.Trainer, module, val: dict, test: dict, budgets: dict) 
         "stopped_by": stopped_by,  # max_epochs, max_time, ...: record.STOP_REASONS
         "epochs_trained": epochs,  # complete epochs (a cut one is not counted)
         "steps": trainer.global_step,
+        "images_seen": TimeBudget.images_seen(trainer),  # all ranks, across resumes
         "final_lr": trainer.optimizers[0].param_groups[0]["lr"],  # the backbone's, at the end
         "threshold": float(module.threshold),  # of val and test metrics: P >= it is pneumonia
         "operating_point": module.operating_point_report(),
