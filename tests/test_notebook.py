@@ -38,8 +38,9 @@ def test_the_committed_notebook_has_fresh_outputs():
 
 def test_the_notebook_runs_and_reproduces_its_exact_outputs(tmp_path, monkeypatch, study_sweep):
     """Re-executed on the suite's shared dry-run grid (XRAY_LOSS_SWEEP, the notebook's way to
-    report on your own sweep; `make notebook` runs its demo sweep): every cell runs; the numeric
-    demonstration, which does not depend on the sweep, prints what the committed notebook shows."""
+    report on your own sweep; by default it reads the committed study in docs/results): every
+    cell runs; the numeric demonstration, which does not depend on the sweep, prints what the
+    committed notebook shows."""
     copy = tmp_path / "study.ipynb"
     copy.write_bytes(NOTEBOOK.read_bytes())
     monkeypatch.setenv("XRAY_LOSS_SWEEP", str(study_sweep))
@@ -53,7 +54,7 @@ def test_the_notebook_runs_and_reproduces_its_exact_outputs(tmp_path, monkeypatc
 
     for marker in ("F.cross_entropy", "def train(head)"):
         assert printed(executed, marker) == printed(committed, marker)
-    assert (study_sweep / "report" / "summary.md").exists()
+    assert (tmp_path / "notebook_logs" / "report" / "summary.md").exists()
     (report_cell,) = [c for c in _code_cells(executed) if "make_report(" in c.source]
     shown = [o["data"].get("text/markdown", "") for o in report_cell.outputs if "data" in o]
     assert "**fig2_epochs**" in shown and "**fig1_loss_compare**" in shown

@@ -66,6 +66,15 @@ def test_the_study_runs_end_to_end_and_its_page_is_its_own_numbers(tmp_path: Pat
     assert f"lr={lr:g}" in text and "make study DATA=" in text
     assert "Shortcut probe" in text  # the probe ran and its numbers are on the page
 
+    # the records kept beside the page (metrics.json, curves.csv) are a report's input again
+    from xray_loss.report.build import make_report
+
+    make_report([folder / "runs"], tmp_path / "again", n_boot=10)
+    with open(folder / "summary.csv") as f, open(tmp_path / "again" / "summary.csv") as g:
+        first, second = list(csv.DictReader(f)), list(csv.DictReader(g))
+    assert [r["auroc_mean"] for r in first] == [r["auroc_mean"] for r in second]
+    assert (tmp_path / "again" / "fig1_loss_compare.png").exists()
+
     # run again: nothing is retrained (resume=true skips completed jobs), the page is rewritten
     before = {p: (p / "metrics.json").stat().st_mtime for p in grid}
     again = run_cli(*args, module="xray_loss.study", cwd=tmp_path)

@@ -22,6 +22,7 @@ from typing import Any
 
 from xray_loss.report.discussion import discussion
 from xray_loss.report.findings import cells_of
+from xray_loss.report.records import CURVES_CSV, read_curves, write_curves
 from xray_loss.report.runs import Run, drop_duplicates, load_runs
 
 FIGURES = ("fig1_loss_compare", "fig2_lr", "fig2_epochs", "calibration")
@@ -93,7 +94,9 @@ def _split_sizes(path: Path) -> dict[str, dict[str, int]]:
 
 
 def _copy_artefacts(study: Path, runs: list[Run], folder: Path) -> None:
-    """The report's figures (PNG) and tables, and each run's metrics.json, beside the page."""
+    """The report's figures (PNG) and tables, and each run's metrics.json and curves (csv),
+    beside the page: ``python -m xray_loss.report`` reads them (without test predictions:
+    no calibration figure or test-sampling intervals)."""
     if folder.exists():
         shutil.rmtree(folder)
     (folder / "runs").mkdir(parents=True)
@@ -104,6 +107,7 @@ def _copy_artefacts(study: Path, runs: list[Run], folder: Path) -> None:
         target = folder / "runs" / path.parent.name / path.name
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path / "metrics.json", target / "metrics.json")
+        write_curves(target / CURVES_CSV, read_curves(path))
 
 
 def summary_table(csv_path: Path) -> list[str]:

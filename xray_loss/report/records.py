@@ -29,12 +29,31 @@ def time_stopped(record: dict[str, Any]) -> bool:
     return record.get("stopped_by") == TIME_STOPPED
 
 
+CURVES_CSV = "curves.csv"  # the curves of a run kept without its events (docs/results)
+
+
+def write_curves(path: Path, curves: dict[str, list[tuple[int, float]]]) -> None:
+    """``curves.csv`` (tag, epoch, value): a run's curves, small enough to commit."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["tag", "epoch", "value"])
+        for tag, points in curves.items():
+            writer.writerows((tag, epoch, f"{value:.6g}") for epoch, value in points)
+
+
 def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-    """Per-epoch values (epoch starting at 1) of the report's curves, from the events.
+    """Per-epoch values (epoch starting at 1) of the report's curves, from the events, or
+    from ``curves.csv`` where a run was kept without them.
 
     Runs log their per-epoch values at step = epochs completed (xray_loss.module); runs of
     older versions logged them at the global step, with an ``epoch`` scalar to map it.
     """
+    if not any(run_dir.glob("events.out.tfevents*")) and (run_dir / CURVES_CSV).exists():
+        kept: dict[str, list[tuple[int, float]]] = {}
+        with open(run_dir / CURVES_CSV, newline="") as f:
+            for row in csv.DictReader(f):
+                kept.setdefault(row["tag"], []).append((int(row["epoch"]), float(row["value"])))
+        return kept
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     ea = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
