@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import lightning as L
-import matplotlib
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, Timer
 from lightning.pytorch.utilities import rank_zero_only
@@ -23,9 +22,6 @@ from xray_loss.dashboard import tensorboard_logger
 from xray_loss.metrics import decide
 from xray_loss.record import TrainingDiverged
 from xray_loss.rundirs import IMAGES
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 
 class DivergenceGuard(L.Callback):
@@ -157,13 +153,15 @@ class TestReport(L.Callback):
             if tb is not None:
                 # under the images' group, at the epoch the curves end (test/* scalars too)
                 tb.experiment.add_figure(f"{IMAGES}/test_{name}", fig, trainer.current_epoch)
-            plt.close(fig)
 
 
 def confusion_figure(probs: torch.Tensor, labels: torch.Tensor, threshold: float):
     """A 2x2 confusion matrix (rows: truth, columns: prediction) with counts."""
     cm = binary_confusion_matrix(decide(probs, threshold).long(), labels).numpy()
-    fig, ax = plt.subplots(figsize=(3.6, 3.2), dpi=100)
+    from matplotlib.figure import Figure  # at test time: training imports no matplotlib
+
+    fig = Figure(figsize=(3.6, 3.2), dpi=100)
+    ax = fig.subplots()
     ax.imshow(cm, cmap="Blues")
     names = ["normal", "pneumonia"]
     ax.set_xticks([0, 1], names)
@@ -193,7 +191,10 @@ def roc_figure(probs: torch.Tensor, labels: torch.Tensor, threshold: float):
     pos, neg = labels == 1, labels == 0
     op_tpr = float((pred & pos).sum() / pos.sum().clamp(min=1))
     op_fpr = float((pred & neg).sum() / neg.sum().clamp(min=1))
-    fig, ax = plt.subplots(figsize=(3.6, 3.4), dpi=100)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3.6, 3.4), dpi=100)
+    ax = fig.subplots()
     ax.plot(fpr.numpy(), tpr.numpy(), lw=1.5)
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
     point = f"threshold {threshold:.3f}: sens {op_tpr:.2f}, spec {1 - op_fpr:.2f}"

@@ -27,9 +27,9 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard.summary import scalar
 from torch.utils.tensorboard.writer import FileWriter
 
+from xray_loss.identity import format_value, sort_key
 from xray_loss.metrics import AXES, HPARAM_METRICS
 from xray_loss.record import read_record
-from xray_loss.report.runs import format_value, sort_key
 from xray_loss.rundirs import IMAGES  # viz/: sorts after the curves (train/, val/)
 
 

@@ -94,3 +94,16 @@ def run_configuration(cfg: DictConfig) -> dict[str, Any]:
         if node is not None:
             walk(group, OmegaConf.to_container(node, resolve=True))
     return flat
+
+
+def format_value(v: Any) -> str:
+    """A value as run names, tables and HParams show it: floats shortest (1e-05, 0.001)."""
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def sort_key(v: Any) -> tuple:
+    """Numbers in numeric order (1e-05 < 0.0001, 10 < 30 < 100), then text."""
+    try:
+        return (0, float(v), "")
+    except (TypeError, ValueError):
+        return (1, 0.0, str(v))

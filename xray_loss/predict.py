@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-import matplotlib
 import torch
 from omegaconf import DictConfig, OmegaConf
 
@@ -33,9 +32,6 @@ from xray_loss.gradcam import grad_cam
 from xray_loss.inference import load_classifier, operating_point, run_config
 from xray_loss.metrics import decide
 from xray_loss.threshold import parse_rule
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 log = logging.getLogger("xray_loss.predict")
 
@@ -97,7 +93,10 @@ def choose_threshold(option: Any, model, ckpt_path: str) -> tuple[float, str]:
 
 
 def save_cam(image: torch.Tensor, cam: torch.Tensor, prob: float, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    from matplotlib.figure import Figure  # drawn only when asked for
+
+    fig = Figure(figsize=(4, 4), dpi=100)
+    ax = fig.subplots()
     ax.imshow(image[0].numpy(), cmap="gray")
     ax.imshow(cam.numpy(), cmap="jet", alpha=0.35)
     ax.set_title(f"P(pneumonia) = {prob:.3f}", fontsize=10)
@@ -105,7 +104,6 @@ def save_cam(image: torch.Tensor, cam: torch.Tensor, prob: float, path: Path) ->
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
 
 
 def read_images(

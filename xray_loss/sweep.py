@@ -46,10 +46,9 @@ from xray_loss.checks import check_config, check_values
 from xray_loss.config import ConfigError, setup_process
 from xray_loss.dashboard import sweep_axes, write_experiment
 from xray_loss.ddp import global_rank
+from xray_loss.identity import format_value
 from xray_loss.metrics import METRICS
 from xray_loss.record import Interrupted, atomic_path, read_record
-from xray_loss.report.runs import format_value
-from xray_loss.report.stats import SUMMARY_KEYS, summarise
 from xray_loss.rundirs import (
     check_resumable,
     check_writable,
@@ -136,6 +135,8 @@ def write_tables(sweep_dir: Path) -> list[dict[str, Any]]:
         return rows
     _write_atomic(Path(sweep_dir) / SUMMARY, _table(rows, list(rows[0])))
     records = [r for r in (read_record(Path(row["run_dir"])) for row in rows) if r]
+    from xray_loss.report.stats import SUMMARY_KEYS, summarise  # when a job ends, not at import
+
     cols, agg = summarise(records)
     if agg:
         for row in agg:

@@ -15,16 +15,13 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from xray_loss.metrics import CURVES  # noqa: E402
-from xray_loss.report.panels import (  # noqa: E402
+from xray_loss.metrics import CURVES
+from xray_loss.report.panels import (
     interval_key,
     label,
     layout,
@@ -32,7 +29,7 @@ from xray_loss.report.panels import (  # noqa: E402
     series_styles,
     title_text,
 )
-from xray_loss.report.runs import Run, format_value, sort_key, value  # noqa: E402
+from xray_loss.report.runs import Run, format_value, sort_key, value
 
 PANEL_TITLES = {"acc": "accuracy", "loss": "loss", "auroc": "AUROC"}
 CI_NOTE = "bar: 95% CI of the mean over test sampling (bootstrap, models fixed; not seeds)"
@@ -62,9 +59,9 @@ def values_of(runs: list[Run], axis: str) -> dict[str, Any]:
 
 
 def grid(rows: int, cols: int, width: float, height: float, **kw):
-    return plt.subplots(
-        rows, cols, figsize=(width, height), dpi=110, squeeze=False, layout="constrained", **kw
-    )
+    """A figure of rows x cols axes (matplotlib's Figure API: no pyplot, no backend switch)."""
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    return fig, fig.subplots(rows, cols, squeeze=False, **kw)
 
 
 def legend(fig, handles: list, seeds: dict[int, str], notes: list[str] = ()) -> None:
@@ -256,9 +253,8 @@ def _budget_row(panel, at: dict[str, list[Run]], style: dict, seeds: dict[int, s
 
 
 def save(fig, out: Path, name: str) -> list[Path]:
-    """PNG and PDF of a figure, then closed."""
+    """PNG and PDF of a figure."""
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
     for path in paths:
         fig.savefig(path, bbox_inches="tight")
-    plt.close(fig)
     return paths

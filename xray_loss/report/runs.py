@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from xray_loss.identity import format_value, sort_key
 from xray_loss.metrics import AXES, REPEATS
 from xray_loss.record import read_record
 from xray_loss.report.records import (
@@ -157,18 +158,6 @@ def value(record: dict[str, Any], column: str) -> Any:
 def describe(record: dict[str, Any], cols: list[str]) -> str:
     """``loss=ce lr=0.001 epochs=30``: a configuration as a reader names it."""
     return " ".join(f"{c}={format_value(value(record, c))}" for c in cols)
-
-
-def format_value(v: Any) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
-def sort_key(v: Any) -> tuple:
-    """Numbers in numeric order (1e-05 < 0.0001, 10 < 30 < 100), then text."""
-    try:
-        return (0, float(v), "")
-    except (TypeError, ValueError):
-        return (1, 0.0, str(v))
 
 
 def same(a: Any, b: Any) -> bool:
