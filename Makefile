@@ -60,10 +60,10 @@ notebook: install  ## execute notebooks/study.ipynb in place (outputs committed)
 # SWEEP=<multirun dir> serves one sweep: its runs are named by their swept values alone, and
 # its HParams experiment is the only one. The URL it prints opens every tab filled: all runs
 # selected (Scalars, Custom Scalars and Images select none past 40 by themselves), unsmoothed
-# (one point per epoch), Time Series on the curves (xray_loss.rundirs.tensorboard_url).
+# (one point per epoch), Time Series on the curves (xray_loss.runtime.rundirs.tensorboard_url).
 SWEEP ?= logs
 tensorboard: install  ## serve logs/ (or SWEEP=<dir>) on http://127.0.0.1:$(PORT)/
-	@$(PY) -m xray_loss.rundirs URL "$(SWEEP)" $(PORT)
+	@$(PY) -m xray_loss.runtime.rundirs URL "$(SWEEP)" $(PORT)
 	$(VENV)/bin/tensorboard --logdir "$(SWEEP)" --host 127.0.0.1 --port $(PORT) --samples_per_plugin images=20
 
 # The README's study on a Kermany-layout folder: the grid (loss x lr x epochs, 3 seeds), the

@@ -32,10 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine  # noqa: E402
-from xray_loss.allocator import retain_freed_memory  # noqa: E402
 from xray_loss.config import register_resolvers  # noqa: E402
 from xray_loss.data.base import Split, XrayDataModule  # noqa: E402
 from xray_loss.data.phantom import generate_phantoms  # noqa: E402
+from xray_loss.runtime.allocator import retain_freed_memory  # noqa: E402
 
 warnings.filterwarnings("ignore")
 logging.getLogger("lightning").setLevel(logging.ERROR)

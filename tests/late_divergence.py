@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import lightning as L
 
-from xray_loss.record import TrainingDiverged
+from xray_loss.runtime.record import TrainingDiverged
 
 
 class DivergeAt(L.Callback):

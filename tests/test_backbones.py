@@ -37,7 +37,7 @@ def test_a_pretrained_rgb_stem_summed_over_channels_is_the_rgb_net_on_repeated_g
 
 _TRAIN_A_FEW_STEPS = """
 import sys, hashlib, torch
-from xray_loss.allocator import retain_freed_memory
+from xray_loss.runtime.allocator import retain_freed_memory
 if sys.argv[1] == "on":
     assert retain_freed_memory()
 torch.manual_seed(0)

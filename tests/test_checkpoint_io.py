@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tests.fixtures import tmpfs
-from xray_loss.checkpointing import AtomicCheckpointIO
-from xray_loss.record import RunStopped
+from xray_loss.runtime.checkpointing import AtomicCheckpointIO
+from xray_loss.runtime.record import RunStopped
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ before_resolvers = {n for n in ("xray_loss.dirname", "xray_loss.scale_epochs")
                     if OmegaConf.has_resolver(n)}
 logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
 before_log_filters = list(logger.filters)
-import xray_loss.train, xray_loss.eval, xray_loss.predict, xray_loss.report, xray_loss.sweep
+import xray_loss.train, xray_loss.eval, xray_loss.predict, xray_loss.report, xray_loss.runtime.sweep
 assert list(warnings.filters) == before_filters, "warning filters changed at import"
 assert not before_resolvers
 assert not any(OmegaConf.has_resolver(n) for n in ("xray_loss.dirname", "xray_loss.scale_epochs"))

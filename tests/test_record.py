@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from xray_loss.record import RunRecord, write_json_atomic
+from xray_loss.runtime.record import RunRecord, write_json_atomic
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])

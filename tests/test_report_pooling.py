@@ -32,7 +32,7 @@ def training_record(
     **fields: Any,
 ) -> dict[str, Any]:
     """A completed training run's metrics.json: ``config`` (every named axis) and the
-    resolved ``configuration`` as ``xray_loss.record`` writes them."""
+    resolved ``configuration`` as ``xray_loss.runtime.record`` writes them."""
     config = {
         **STUDY,
         "epochs": epochs,

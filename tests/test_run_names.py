@@ -21,8 +21,8 @@ from torch.utils.tensorboard.writer import FileWriter
 
 from tests.conftest import assert_ok, run_cli
 from xray_loss.dashboard import EXPERIMENT_SUFFIX, sweep_axes, write_experiment, write_session
-from xray_loss.rundirs import job_dirname, tensorboard_runs, tensorboard_url
-from xray_loss.sweep import held_keys
+from xray_loss.runtime.rundirs import job_dirname, tensorboard_runs, tensorboard_url
+from xray_loss.runtime.sweep import held_keys
 
 FLOAT = api_pb2.DataType.DATA_TYPE_FLOAT64
 STRING = api_pb2.DataType.DATA_TYPE_STRING
@@ -232,7 +232,7 @@ def test_make_tensorboard_refuses_a_sweep_with_no_runs(tmp_path, where):
     if where == "empty":
         sweep.mkdir()
     proc = subprocess.run(
-        [sys.executable, "-m", "xray_loss.rundirs", "URL", str(sweep), "6006"],
+        [sys.executable, "-m", "xray_loss.runtime.rundirs", "URL", str(sweep), "6006"],
         capture_output=True,
         text=True,
     )

@@ -18,9 +18,9 @@ import torch
 
 from tests.conftest import assert_ok, metrics, run_cli, run_dirs
 from tests.fixtures import make_kermany
-from xray_loss.optuna_pruning import OptunaPruning
 from xray_loss.report.runs import identity, load_runs
 from xray_loss.report.stats import summarise
+from xray_loss.runtime.optuna_pruning import OptunaPruning
 
 pytestmark = pytest.mark.slow
 

@@ -20,8 +20,8 @@ from torchmetrics.functional.classification import (
 from xray_loss.budget import TimeBudget
 from xray_loss.dashboard import tensorboard_logger
 from xray_loss.metrics import decide
-from xray_loss.record import TrainingDiverged
-from xray_loss.rundirs import IMAGES
+from xray_loss.runtime.record import TrainingDiverged
+from xray_loss.runtime.rundirs import IMAGES
 
 
 class DivergenceGuard(L.Callback):
@@ -70,7 +70,7 @@ class DivergenceGuard(L.Callback):
 
 
 def fit_end(trainer: L.Trainer) -> tuple[str, int]:
-    """Why ``trainer.fit`` returned (``xray_loss.record.STOP_REASONS``) and how many epochs it
+    """Why ``trainer.fit`` returned (``runtime.record.STOP_REASONS``) and how many epochs it
     completed. Lightning's ``current_epoch`` also counts an epoch that ``max_time`` (or
     ``max_steps``) cut short; such an epoch is not counted here."""
     complete = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch

@@ -85,9 +85,9 @@ _QUIET_WARNINGS = (
 @functools.cache
 def setup_process() -> None:
     """What the entry points (train, eval, predict) install once, before Hydra composes the
-    config: the ``xray_loss.*`` resolvers, the allocator thresholds (xray_loss.allocator) and
+    config: the ``xray_loss.*`` resolvers, the allocator thresholds (runtime.allocator) and
     filters for known noise. Importing a module installs nothing."""
-    from xray_loss.allocator import retain_freed_memory
+    from xray_loss.runtime.allocator import retain_freed_memory
 
     register_resolvers()
     retain_freed_memory()
@@ -101,8 +101,8 @@ def setup_process() -> None:
 
 def register_resolvers() -> None:
     """Register the ``xray_loss.*`` resolvers (idempotent)."""
-    from xray_loss.rundirs import job_dirname
-    from xray_loss.slurm import slurm_gpus
+    from xray_loss.runtime.rundirs import job_dirname
+    from xray_loss.runtime.slurm import slurm_gpus
 
     resolvers: dict[str, Callable[..., Any]] = {
         "xray_loss.dirname": lambda overrides, prefix="", fallback="": run_dirname(

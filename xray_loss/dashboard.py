@@ -29,8 +29,8 @@ from torch.utils.tensorboard.writer import FileWriter
 
 from xray_loss.identity import format_value, sort_key
 from xray_loss.metrics import AXES, HPARAM_METRICS
-from xray_loss.record import read_record
-from xray_loss.rundirs import IMAGES  # viz/: sorts after the curves (train/, val/)
+from xray_loss.runtime.record import read_record
+from xray_loss.runtime.rundirs import IMAGES  # viz/: sorts after the curves (train/, val/)
 
 
 def tensorboard_logger(trainer: L.Trainer) -> TensorBoardLogger | None:

@@ -41,7 +41,7 @@ from xray_loss.data.splits import split_difference
 from xray_loss.inference import load_classifier, run_config
 from xray_loss.inference import operating_point as applied_operating_point
 from xray_loss.metrics import binary_metrics
-from xray_loss.record import RunRecord, write_json_atomic
+from xray_loss.runtime.record import RunRecord, write_json_atomic
 from xray_loss.threshold import SOURCES, describe, operating_point, parse_rule, sidecar_path
 
 log = logging.getLogger("xray_loss.eval")

@@ -25,11 +25,11 @@ from xray_loss.callbacks import EpochBudgets, fit_end
 from xray_loss.checks import check_config
 from xray_loss.config import setup_process
 from xray_loss.dashboard import write_experiment, write_session
-from xray_loss.ddp import LocalRanks, global_rank, share_cpu_threads
 from xray_loss.identity import hyperparameters, run_configuration
 from xray_loss.metrics import METRICS
-from xray_loss.record import Interrupted, RunRecord, recorded_run
-from xray_loss.sweep import report_interruption
+from xray_loss.runtime.ddp import LocalRanks, global_rank, share_cpu_threads
+from xray_loss.runtime.record import Interrupted, RunRecord, recorded_run
+from xray_loss.runtime.sweep import report_interruption
 
 log = logging.getLogger("xray_loss.train")
 
@@ -82,7 +82,7 @@ def callbacks(cfg: DictConfig) -> list[L.Callback]:
     """The configured callbacks, plus Optuna's pruning hook in a trial of hparams_search."""
     found = [instantiate(c) for c in cfg.callbacks.values() if c]
     if cfg.get("optuna_trial_id") is not None:
-        from xray_loss.optuna_pruning import OptunaPruning, trial_from_sweep
+        from xray_loss.runtime.optuna_pruning import OptunaPruning, trial_from_sweep
 
         found.append(OptunaPruning(trial_from_sweep(int(cfg.optuna_trial_id))))
     return found

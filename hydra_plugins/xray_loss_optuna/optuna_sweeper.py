@@ -9,7 +9,7 @@ written against Hydra's sweeper-plugin interface and current Optuna:
   line;
 - trials are asked in batches of ``n_jobs`` and run by the configured launcher (basic, joblib,
   submitit); each job gets ``+optuna_trial_id=N`` and reports its per-epoch validation metric to
-  the study, whose pruner can stop it (``xray_loss.optuna_pruning``);
+  the study, whose pruner can stop it (``xray_loss.runtime.optuna_pruning``);
 - the study lives in ``optuna.db`` (SQLite) in the sweep directory: ``resume=true`` continues it,
   ``n_trials`` counting the trials already finished; trials interrupted by a kill are re-run.
 """

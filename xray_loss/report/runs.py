@@ -23,13 +23,13 @@ import numpy as np
 
 from xray_loss.identity import format_value, sort_key
 from xray_loss.metrics import AXES, REPEATS
-from xray_loss.record import read_record
 from xray_loss.report.records import (
     completed_records,
     is_evaluation,
     read_curves,
     read_predictions,
 )
+from xray_loss.runtime.record import read_record
 
 
 @dataclass

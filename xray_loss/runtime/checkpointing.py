@@ -4,7 +4,7 @@ Lightning's loop state, and checkpoints in the middle of epochs, also when SLURM
 A resumed run ends with the weights and metrics of the run that was never interrupted: the data
 order comes back with the training sampler (``xray_loss.data.order``), the global RNG states
 (augmentation, dropout) and the epoch's running training metrics with ``ResumeCheckpoint``;
-``xray_loss.resume`` picks the checkpoint.
+``xray_loss.runtime.resume`` picks the checkpoint.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torchmetrics import Metric
 
-from xray_loss.record import RunStopped, atomic_path
-from xray_loss.resume import Preempted
-from xray_loss.slurm import job_id, requeue_slurm_job
+from xray_loss.runtime.record import RunStopped, atomic_path
+from xray_loss.runtime.resume import Preempted
+from xray_loss.runtime.slurm import job_id, requeue_slurm_job
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class ResumeCheckpoint(L.Callback):
       its end is that checkpoint: it stops as the next epoch starts), requeues its job
       (``scontrol requeue``, up to ``max_requeues`` times) and exits (``Preempted``), its
       record left ``running``. The requeued job re-runs the same job and continues from that
-      checkpoint (``xray_loss.record.recorded_run``). Installed when
+      checkpoint (``xray_loss.runtime.record.recorded_run``). Installed when
       fit starts, before Lightning's own SLURM handler, which then stays out (its ``hpc_ckpt``
       is saved wherever the signal lands, mid-step, so a resume from it could not be exact).
     """

@@ -22,13 +22,13 @@ from typing import Any
 
 from hydra.errors import CompactHydraException
 
-from xray_loss.resume import (
+from xray_loss.runtime.resume import (
     Preempted,
     attempt_history,
     drop_lost_checkpoints,
     resume_checkpoint,
 )
-from xray_loss.slurm import slurm_restarts
+from xray_loss.runtime.slurm import slurm_restarts
 
 STATUSES = ("running", "completed", "diverged", "failed", "pruned", "interrupted")
 # what resume=true continues: killed (still "running") or stopped by a signal

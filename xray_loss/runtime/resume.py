@@ -1,9 +1,9 @@
 """Which checkpoint a run continues from, and how a run that will go on later stops.
 
-Used by ``xray_loss.record.recorded_run`` (``resume=true``, a requeued SLURM job) and
-``xray_loss.checkpointing.ResumeCheckpoint`` (mid-epoch checkpoints, preemption). What makes the
-continuation exact is in the checkpoints themselves: the data order (``xray_loss.data.order``),
-the RNG states and running metrics (``xray_loss.checkpointing``).
+Used by ``xray_loss.runtime.record.recorded_run`` (``resume=true``, a requeued SLURM job) and
+``xray_loss.runtime.checkpointing.ResumeCheckpoint`` (mid-epoch checkpoints, preemption). What
+makes the continuation exact is in the checkpoints themselves: the data order
+(``xray_loss.data.order``), the RNG states and running metrics (``runtime.checkpointing``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 
 class Preempted(SystemExit):
     """The run stopped to go on later: a checkpoint of this very step is saved (and under SLURM
-    the job is requeued, see ``xray_loss.checkpointing.ResumeCheckpoint``). Its record stays
+    the job is requeued, see ``xray_loss.runtime.checkpointing.ResumeCheckpoint``). Its record stays
     ``running``, so the next attempt or ``resume=true`` continues it; the process exits with the
     message and no traceback."""
 

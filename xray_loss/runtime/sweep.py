@@ -45,11 +45,11 @@ from omegaconf import DictConfig, open_dict, read_write
 from xray_loss.checks import check_config, check_values
 from xray_loss.config import ConfigError, setup_process
 from xray_loss.dashboard import sweep_axes, write_experiment
-from xray_loss.ddp import global_rank
 from xray_loss.identity import format_value
 from xray_loss.metrics import METRICS
-from xray_loss.record import Interrupted, atomic_path, read_record
-from xray_loss.rundirs import (
+from xray_loss.runtime.ddp import global_rank
+from xray_loss.runtime.record import Interrupted, atomic_path, read_record
+from xray_loss.runtime.rundirs import (
     check_resumable,
     check_writable,
     lock_directory,

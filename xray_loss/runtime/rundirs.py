@@ -1,7 +1,8 @@
 """Run and sweep directories: one writer each, a directory of its own for every sweep, the
 run a single ``resume=true`` continues, a sweep job's name, and the runs TensorBoard lists in a
-directory (``python -m xray_loss.rundirs URL <dir> <port>``: what ``make tensorboard`` opens).
-Used by ``xray_loss.sweep.SweepBookkeeping``.
+directory (``python -m xray_loss.runtime.rundirs URL <dir> <port>``: what ``make tensorboard``
+opens).
+Used by ``xray_loss.runtime.sweep.SweepBookkeeping``.
 
 A directory being written to holds ``.lock`` (owner pid, host, start, command), created
 atomically; a second live writer stops with a message naming the owner instead of mixing its
@@ -27,8 +28,8 @@ from urllib.parse import quote
 from omegaconf import DictConfig
 
 from xray_loss.config import run_dirname
-from xray_loss.record import RESUMABLE, now_iso, read_record
-from xray_loss.resume import resume_checkpoint
+from xray_loss.runtime.record import RESUMABLE, now_iso, read_record
+from xray_loss.runtime.resume import resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -263,9 +264,11 @@ def tensorboard_url(logdir: Path, port: int | str, host: str = "127.0.0.1") -> s
     return f"http://{host}:{port}/?smoothing=0&{tags}#timeseries&_smoothingWeight=0&{tags}{state}"
 
 
-if __name__ == "__main__":  # python -m xray_loss.rundirs URL <logdir> <port>: for the Makefile
+if (
+    __name__ == "__main__"
+):  # python -m xray_loss.runtime.rundirs URL <logdir> <port>: for the Makefile
     if len(sys.argv) != 4 or sys.argv[1] != "URL":
-        sys.exit("usage: python -m xray_loss.rundirs URL <logdir> <port>")
+        sys.exit("usage: python -m xray_loss.runtime.rundirs URL <logdir> <port>")
     _runs = tensorboard_runs(Path(sys.argv[2])) if Path(sys.argv[2]).is_dir() else []
     if not _runs:  # an empty board would look like a TensorBoard problem
         sys.exit(
