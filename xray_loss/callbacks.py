@@ -73,7 +73,7 @@ def fit_end(trainer: L.Trainer) -> tuple[str, int]:
     """Why ``trainer.fit`` returned (``runtime.record.STOP_REASONS``) and how many epochs it
     completed. Lightning's ``current_epoch`` also counts an epoch that ``max_time`` (or
     ``max_steps``) cut short; such an epoch is not counted here."""
-    complete = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch
+    complete = trainer.fit_loop.epoch_loop.batch_progress.is_last_batch  # test_private_apis.py
     epochs = (
         trainer.current_epoch
         if complete or trainer.global_step == 0

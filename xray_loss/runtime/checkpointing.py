@@ -114,7 +114,8 @@ class LastCheckpoint(ModelCheckpoint):
         return Path(self.dirpath) / self.FILENAME
 
     def saved_at(self) -> int:
-        """The global step of the newest save (ModelCheckpoint keeps it only privately)."""
+        """The global step of the newest save (ModelCheckpoint keeps it only privately:
+        tests/test_private_apis.py)."""
         return int(self._last_global_step_saved)
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -197,7 +198,7 @@ class ResumeCheckpoint(L.Callback):
 
     # --- saving ------------------------------------------------------------------------------
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:  # test_private_apis.py
             return  # validation and last.ckpt come next; a checkpoint here would skip them
         stop = self._stop_requested(trainer)
         if stop or (self.every_n_steps and trainer.global_step % self.every_n_steps == 0):
@@ -244,6 +245,7 @@ class ResumeCheckpoint(L.Callback):
             self._rng = None
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        # torchmetrics' private state: tests/test_private_apis.py says why and pins it
         checkpoint["rng_states"] = rng_states()
         checkpoint["metric_states"] = {
             name: {
