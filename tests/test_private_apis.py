@@ -2,12 +2,18 @@
 release renames one, the test names it and what depends on it, instead of a resume that silently
 stops being exact.
 
-| library | private API | used by | why no public one serves |
-|---|---|---|---|
-| torchmetrics | ``Metric._update_count``, ``Metric._defaults``, ``Metric._computed`` | ``runtime/checkpointing.ResumeCheckpoint`` | a mid-epoch checkpoint carries the running training metrics; ``persistent(True)`` would put their states in the module's ``state_dict`` and break loading every earlier checkpoint strictly, and it drops the update count |
-| Lightning | ``ModelCheckpoint._last_global_step_saved`` | ``runtime/checkpointing.LastCheckpoint.saved_at`` | whether last.ckpt is already at the final step; ``ModelCheckpoint`` keeps it only privately |
-| Lightning | ``trainer.fit_loop.epoch_loop.batch_progress.is_last_batch`` | ``callbacks.fit_end``, ``runtime/checkpointing.ResumeCheckpoint`` | whether the epoch ran to its end (``max_time`` can cut it); no public flag |
-| Optuna | ``FrozenTrial._trial_id`` | ``hydra_plugins/xray_loss_optuna`` | a job reopens its trial by storage id; Optuna has no public accessor |
+- torchmetrics ``Metric._update_count``, ``Metric._defaults``, ``Metric._computed``, in
+  ``runtime/checkpointing.ResumeCheckpoint``: a mid-epoch checkpoint carries the running
+  training metrics; ``persistent(True)`` would put their states in the module's ``state_dict``
+  (every earlier checkpoint would then fail a strict load) and drops the update count.
+- Lightning ``ModelCheckpoint._last_global_step_saved``, in
+  ``runtime/checkpointing.LastCheckpoint.saved_at``: whether last.ckpt is already at the final
+  step; ``ModelCheckpoint`` keeps it only privately.
+- Lightning ``trainer.fit_loop.epoch_loop.batch_progress.is_last_batch``, in
+  ``callbacks.fit_end`` and ``runtime/checkpointing.ResumeCheckpoint``: whether the epoch ran
+  to its end (``max_time`` can cut it); there is no public flag.
+- Optuna ``Trial._trial_id``, in ``hydra_plugins/xray_loss_optuna``: a job reopens its trial by
+  storage id; Optuna has no public accessor.
 """
 
 from __future__ import annotations
