@@ -7,7 +7,7 @@ PORT ?= 6006
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install train test test-slurm test-browser lint format pre-commit notebook tensorboard study clean
+.PHONY: install train test test-slow test-all test-slurm test-browser lint format pre-commit notebook tensorboard study clean
 
 install: $(STAMP)
 
@@ -23,7 +23,16 @@ $(STAMP): pyproject.toml
 train: install  ## train on the default (phantom data, small CNN, BCE head); ARGS="loss=ce lr=1e-3"
 	$(PY) -m xray_loss.train $(ARGS)
 
-test: install  ## the whole test suite (slow tests included), without the SLURM cluster tests
+# Two tiers: `make test` is the edit-test loop (every test not marked slow: a few minutes on 2
+# cores); `make test-slow` the end-to-end ones (runs, sweeps, kills and resumes, the notebook);
+# `make test-all` both. .ci/run runs `make test`, `make test-slow` and `make test-slurm`.
+test: install  ## the fast tier: every test not marked slow
+	$(PY) -m pytest --ignore=tests/cluster -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install  ## the slow tier: end-to-end runs, sweeps, resumes, the notebook
+	$(PY) -m pytest --ignore=tests/cluster -m slow $(PYTEST_ARGS)
+
+test-all: install  ## both tiers, without the SLURM cluster tests
 	$(PY) -m pytest --ignore=tests/cluster $(PYTEST_ARGS)
 
 # Starts a single-node SLURM cluster (munged, slurmctld, slurmd) in a temp dir for the session
