@@ -69,6 +69,20 @@ def make_kermany(
     return root
 
 
+def kermany_datamodule(root: Path, tmp_path: Path, **kwargs):
+    """A KermanyDataModule on a fixture folder at 32 px, its cache and split.csv in tmp_path."""
+    from xray_loss.data.kermany import KermanyDataModule
+
+    return KermanyDataModule(
+        root=str(root),
+        image_size=32,
+        cache_dir=str(tmp_path / "cache"),
+        split_csv=str(tmp_path / "split.csv"),
+        batch_size=8,
+        **kwargs,
+    )
+
+
 def make_pneumoniamnist(
     root: Path,
     size: int,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import logging
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -12,24 +11,19 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.fixtures import NOT_UTF8, SHOWN, make_kermany, make_pneumoniamnist, png_header_only
+from tests.fixtures import (
+    NOT_UTF8,
+    SHOWN,
+    kermany_datamodule,
+    make_kermany,
+    make_pneumoniamnist,
+    png_header_only,
+)
 from xray_loss import callbacks
 from xray_loss.data.base import DataError
-from xray_loss.data.kermany import KermanyDataModule
 from xray_loss.data.phantom import PhantomDataModule
 from xray_loss.data.pneumoniamnist import PneumoniaMNISTDataModule
 from xray_loss.module import Evaluated
-
-
-def _module(root: Path, tmp_path: Path, **kwargs) -> KermanyDataModule:
-    return KermanyDataModule(
-        root=str(root),
-        image_size=32,
-        cache_dir=str(tmp_path / "cache"),
-        split_csv=str(tmp_path / "split.csv"),
-        batch_size=8,
-        **kwargs,
-    )
 
 
 def _warnings(caplog) -> list[str]:
@@ -45,14 +39,14 @@ def test_decompression_bombs_are_listed_with_the_unreadable_files_and_skipped(tm
     junk = root / "train" / "PNEUMONIA" / "person901_virus_2.jpeg"
     junk.write_text("not an image")
     with pytest.raises(DataError) as err:
-        _module(root, tmp_path).setup("fit")
+        kermany_datamodule(root, tmp_path).setup("fit")
     text = str(err.value)
     assert "3 image file(s) could not be read" in text
     assert f"{huge}: 196,000,000 pixels is over PIL's decompression-bomb limit" in text
     assert f"{large}: 100,000,000 pixels is over PIL's decompression-bomb limit" in text
     assert "skip_bad_files=true" in text
     with caplog.at_level(logging.WARNING):
-        dm = _module(root, tmp_path, skip_bad_files=True)
+        dm = kermany_datamodule(root, tmp_path, skip_bad_files=True)
         dm.setup("fit")
     warned = _warnings(caplog)
     for path in (huge, large, junk):
@@ -69,7 +63,7 @@ def test_each_bad_file_is_named_once_without_the_decoders_stream_repr(tmp_path, 
     odd = root / "train" / "NORMAL" / NOT_UTF8
     odd.write_text("not an image either")
     with pytest.raises(DataError) as err:
-        _module(root, tmp_path).setup("fit")
+        kermany_datamodule(root, tmp_path).setup("fit")
     text = str(err.value)
     lines = {line.strip() for line in text.splitlines() if line.startswith("  ")}
     assert lines == {
@@ -81,7 +75,7 @@ def test_each_bad_file_is_named_once_without_the_decoders_stream_repr(tmp_path, 
     for path in (truncated, text_file):
         assert text.count(str(path)) == 1
     with caplog.at_level(logging.WARNING):
-        _module(root, tmp_path, skip_bad_files=True).setup("fit")
+        kermany_datamodule(root, tmp_path, skip_bad_files=True).setup("fit")
     warned = "\n".join(_warnings(caplog))
     assert warned.count(str(truncated)) == 1 and warned.count(str(text_file)) == 1
     assert warned.count(SHOWN) == 1 and "BytesIO" not in warned
@@ -94,7 +88,7 @@ def test_a_file_name_that_is_not_utf8_trains_and_is_written_readably(tmp_path):
     odd = root / "test" / "NORMAL" / NOT_UTF8
     with Image.open(src) as image:
         image.rotate(5).save(odd, "JPEG")  # its own contents, not a duplicate
-    dm = _module(root, tmp_path)
+    dm = kermany_datamodule(root, tmp_path)
     dm.setup("fit")
     with open(tmp_path / "split.csv", encoding="utf-8") as f:
         rows = {r["file"]: r for r in csv.DictReader(f)}
@@ -119,7 +113,7 @@ def test_a_kermany_split_left_with_one_class_after_skipping_stops_at_setup(tmp_p
     for path in normals:
         path.write_text("unreadable")
     with pytest.raises(DataError) as err:
-        _module(root, tmp_path, skip_bad_files=True).setup("fit")
+        kermany_datamodule(root, tmp_path, skip_bad_files=True).setup("fit")
     text = str(err.value)
     assert text.startswith(f"The test split ({root}/test/, after skipping {len(normals)} ")
     assert "holds only PNEUMONIA images, no NORMAL image" in text

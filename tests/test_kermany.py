@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.fixtures import make_kermany
+from tests.fixtures import kermany_datamodule, make_kermany
 from xray_loss.data.base import DataError
-from xray_loss.data.kermany import KermanyDataModule
 from xray_loss.data.kermany_layout import patient_id
 
 
@@ -33,17 +32,6 @@ def test_patient_ids_from_file_names(name, patient):
     assert patient_id(name) == patient
 
 
-def _module(root: Path, tmp_path: Path, **kwargs) -> KermanyDataModule:
-    return KermanyDataModule(
-        root=str(root),
-        image_size=32,
-        cache_dir=str(tmp_path / "cache"),
-        split_csv=str(tmp_path / "split.csv"),
-        batch_size=8,
-        **kwargs,
-    )
-
-
 def _split_rows(tmp_path: Path) -> list[dict]:
     with open(tmp_path / "split.csv") as f:
         return list(csv.DictReader(f))
@@ -51,7 +39,7 @@ def _split_rows(tmp_path: Path) -> list[dict]:
 
 def test_splits_are_patient_grouped_stratified_and_audited(tmp_path):
     root = make_kermany(tmp_path / "chest_xray", test=False)
-    dm = _module(root, tmp_path, test_fraction=0.25, val_fraction=0.2)
+    dm = kermany_datamodule(root, tmp_path, test_fraction=0.25, val_fraction=0.2)
     dm.setup("fit")
     rows = _split_rows(tmp_path)
     assert len(rows) == 24 + 36 + 2  # .DS_Store ignored, .JPG counted
@@ -71,7 +59,7 @@ def test_splits_are_patient_grouped_stratified_and_audited(tmp_path):
     x, y, _ = next(iter(dm.train_dataloader()))
     assert x.shape == (8, 1, 32, 32) and x.dtype == torch.uint8
     # deterministic
-    dm2 = _module(root, tmp_path, test_fraction=0.25, val_fraction=0.2)
+    dm2 = kermany_datamodule(root, tmp_path, test_fraction=0.25, val_fraction=0.2)
     dm2.split_csv = str(tmp_path / "split2.csv")
     dm2.setup("fit")
     assert (tmp_path / "split.csv").read_text() == (tmp_path / "split2.csv").read_text()
@@ -81,7 +69,7 @@ def test_official_test_folder_nested_download_and_case_insensitive_classes(tmp_p
     root = make_kermany(tmp_path / "dl" / "chest_xray" / "chest_xray")
     (root / "test" / "NORMAL").rename(root / "test" / "normal")
     (tmp_path / "dl" / "__MACOSX" / "chest_xray").mkdir(parents=True)
-    dm = _module(tmp_path / "dl", tmp_path)
+    dm = kermany_datamodule(tmp_path / "dl", tmp_path)
     dm.setup("fit")
     rows = _split_rows(tmp_path)
     assert {r["split"] for r in rows if r["file"].startswith("test/")} == {"test"}
@@ -92,7 +80,7 @@ def test_kfold_validation_is_one_fold(tmp_path):
     root = make_kermany(tmp_path / "cx")
     sizes = []
     for fold in range(3):
-        dm = _module(root, tmp_path, folds=3, fold=fold)
+        dm = kermany_datamodule(root, tmp_path, folds=3, fold=fold)
         dm.setup("fit")
         sizes.append(len(dm.splits["val"]))
     assert sum(sizes) == 24 + 36 + 2
@@ -121,7 +109,7 @@ def test_bad_folders_print_the_expected_tree(tmp_path, damage, message):
     if damage == "one_class_test":
         shutil.rmtree(root / "test" / "NORMAL")
     with pytest.raises(DataError) as err:
-        _module(root, tmp_path).setup("fit")
+        kermany_datamodule(root, tmp_path).setup("fit")
     assert message in str(err.value)
     assert "train/NORMAL/*.jpeg" in str(err.value)  # the expected layout is shown
 
@@ -133,12 +121,12 @@ def test_unreadable_images_are_all_listed_or_skipped(tmp_path, caplog):
     bad2 = root / "train" / "PNEUMONIA" / "person1_bacteria_3.jpeg"
     bad2.write_text("not an image")
     with pytest.raises(DataError) as err:
-        _module(root, tmp_path).setup("fit")
+        kermany_datamodule(root, tmp_path).setup("fit")
     text = str(err.value)
     assert "2 image file(s) could not be read" in text
     assert str(bad1) in text and str(bad2) in text and "skip_bad_files=true" in text
     with caplog.at_level(logging.WARNING):
-        dm = _module(root, tmp_path, skip_bad_files=True)
+        dm = kermany_datamodule(root, tmp_path, skip_bad_files=True)
         dm.setup("fit")
     assert sum(len(dm.splits[s]) for s in ("train", "val")) == 24 + 36 + 2 - 2
     assert str(bad1) in caplog.text and str(bad2) in caplog.text
@@ -146,9 +134,9 @@ def test_unreadable_images_are_all_listed_or_skipped(tmp_path, caplog):
 
 def test_decode_per_access_matches_the_cache(tmp_path):
     root = make_kermany(tmp_path / "cx")
-    cached = _module(root, tmp_path)
+    cached = kermany_datamodule(root, tmp_path)
     cached.setup("fit")
-    lazy = _module(root, tmp_path, cache=False)
+    lazy = kermany_datamodule(root, tmp_path, cache=False)
     lazy.setup("fit")
     idx = torch.arange(len(cached.splits["val"]))
     assert torch.equal(cached.splits["val"].images[idx], lazy.splits["val"].images[idx])
@@ -168,7 +156,7 @@ def test_train_copies_of_test_images_are_dropped_and_no_hash_spans_two_splits(tm
         )
         shutil.copy(src, root / "train" / cls / name)
     with caplog.at_level(logging.WARNING):
-        dm = _module(root, tmp_path)
+        dm = kermany_datamodule(root, tmp_path)
         dm.setup("fit")
     assert dm.report["dropped_cross_split_duplicates"] == 3
     assert "dropped 3 file(s)" in caplog.text and "test/" in caplog.text
