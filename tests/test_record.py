@@ -1,4 +1,5 @@
-"""metrics.json: written atomically, with the permissions of any other output file."""
+"""metrics.json: written atomically, with the permissions of any other output file, naming the
+commit of the code that ran."""
 
 from __future__ import annotations
 
@@ -26,3 +27,18 @@ def test_metrics_json_gets_the_mode_of_a_normal_file(tmp_path, umask):
     assert stat.S_IMODE((tmp_path / "other.json").stat().st_mode) == expected
     assert json.loads((tmp_path / "metrics.json").read_text())["status"] == "running"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "other.json", "plain.txt"]
+
+
+def test_a_record_names_the_commit_of_the_code_that_ran(tmp_path):
+    import subprocess
+
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    RunRecord(tmp_path).start(config={"lr": 1e-3})
+    commit = json.loads((tmp_path / "metrics.json").read_text())["commit"]
+    assert commit.split("+")[0] == head
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+    ).stdout.strip()
+    assert commit.endswith("+dirty") == bool(dirty)

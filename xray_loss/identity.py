@@ -5,6 +5,8 @@ configuration (every setting that defines what it computes: equal configurations
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
@@ -107,3 +109,20 @@ def sort_key(v: Any) -> tuple:
         return (0, float(v), "")
     except (TypeError, ValueError):
         return (1, 0.0, str(v))
+
+
+def code_commit() -> str | None:
+    """The package's git commit (``+dirty`` with uncommitted changes), or None outside git."""
+    where = str(Path(__file__).resolve().parent)
+    try:
+        head = subprocess.run(
+            ["git", "-C", where, "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head + ("+dirty" if dirty else "")

@@ -98,7 +98,8 @@ def discussion(
         "chosen on validation AUROC, is tested), plus the matched-head controls "
         f"at lr={_fmt_lr(matched_lr)}.",
         f"- Data: the Kermany train split, {_sizes(split)}; split by patient, stratified.",
-        f"- Hardware: {facts['hardware']}. Commit {facts['commit']}.",
+        f"- Hardware: {facts['hardware']}. Runs at commit "
+        f"{', '.join(facts['run_commits'])}; page written at {facts['commit']}.",
         f"- {len({r.path for r in runs})} runs, {facts['compute_h']:.1f} h of training "
         f"({facts['started'][:16]} to {facts['finished'][:16]} UTC, "
         f"{facts['elapsed_h']:.1f} h elapsed).",

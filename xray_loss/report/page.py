@@ -14,12 +14,12 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 from collections import defaultdict
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from xray_loss.identity import code_commit
 from xray_loss.report.discussion import discussion
 from xray_loss.report.findings import cells_of
 from xray_loss.report.records import CURVES_CSV, read_curves, write_curves
@@ -48,7 +48,8 @@ def provenance(runs: list[Run]) -> dict[str, Any]:
         "compute_h": sum(walls.values()) / 3600,
         "elapsed_h": (_time(finished) - _time(started)).total_seconds() / 3600,
         "hardware": f"{cpu}, {os.cpu_count()} cores, GPU: {gpu}, torch {torch.__version__}",
-        "commit": _commit(),
+        "commit": code_commit() or "unknown (not a git checkout)",
+        "run_commits": sorted({r.get("commit") or "not recorded" for r in records}),
         "split": split,
     }
 
@@ -62,20 +63,6 @@ def _read(path: str) -> list[str]:
 
 def _time(iso: str) -> datetime:
     return datetime.fromisoformat(iso)
-
-
-def _commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            check=True,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
 
 
 def _split_sizes(path: Path) -> dict[str, dict[str, int]]:

@@ -22,6 +22,7 @@ from typing import Any
 
 from hydra.errors import CompactHydraException
 
+from xray_loss.identity import code_commit
 from xray_loss.runtime.resume import (
     Preempted,
     attempt_history,
@@ -147,9 +148,11 @@ class RunRecord:
 
     def start(self, **fields: Any) -> None:
         """A new attempt: ``started`` is the run's first (kept by a resume), ``attempt_started``
-        this one's."""
+        this one's; ``commit`` the code's (a resume overwrites it: its code is the one that
+        finishes the run)."""
         now = now_iso()
         self.data = {"status": "running", "started": now, "attempt_started": now, **fields}
+        self.data.setdefault("commit", code_commit())
         if self.write:
             write_json_atomic(self.path, self.data)
 
