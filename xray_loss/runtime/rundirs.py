@@ -264,9 +264,8 @@ def tensorboard_url(logdir: Path, port: int | str, host: str = "127.0.0.1") -> s
     return f"http://{host}:{port}/?smoothing=0&{tags}#timeseries&_smoothingWeight=0&{tags}{state}"
 
 
-if (
-    __name__ == "__main__"
-):  # python -m xray_loss.runtime.rundirs URL <logdir> <port>: for the Makefile
+# python -m xray_loss.runtime.rundirs URL <logdir> <port>: for `make tensorboard`
+if __name__ == "__main__":
     if len(sys.argv) != 4 or sys.argv[1] != "URL":
         sys.exit("usage: python -m xray_loss.runtime.rundirs URL <logdir> <port>")
     _runs = tensorboard_runs(Path(sys.argv[2])) if Path(sys.argv[2]).is_dir() else []
