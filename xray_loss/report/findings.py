@@ -77,12 +77,13 @@ def overfitting(runs: list[Run]) -> list[dict[str, Any]]:
         val = np.mean([[v for _, v in r.curves["val/loss"][:n]] for r in members], axis=0)
         train = np.mean([r.curves["train/loss"][n - 1][1] for r in members])
         low = int(np.argmin(val))
+        epochs = [e for e, _ in members[0].curves["val/loss"][:n]]
         rows.append(
             {
                 "head": head,
                 "lr": lr,
-                "epochs": n,
-                "min_epoch": low + 1,
+                "epochs": epochs[-1],
+                "min_epoch": epochs[low],
                 "min_val": val[low],
                 "end_val": val[-1],
                 "end_train": float(train),
