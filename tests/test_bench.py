@@ -75,3 +75,10 @@ def test_data_throughput_benchmark_smoke(tmp_path):
         cwd=ROOT,
     )
     assert "Kermany 224 px copies" in out and "full resolution" in out
+
+
+def test_augment_benchmark_prints_both_implementations():
+    out = _run(str(ROOT / "bench" / "augment.py"), "--sizes", "16", "--images", "32",
+               "--repeats", "1", cwd=ROOT)  # fmt: skip
+    (row,) = [line.split() for line in out.splitlines() if line.split()[:1] == ["16"]]
+    assert len(row) == 4 and row[3].endswith("x") and float(row[1]) > 0
