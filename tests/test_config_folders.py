@@ -64,7 +64,12 @@ def train_in_process(tmp: Path, *overrides: str) -> dict:
 
 @pytest.mark.parametrize(
     ("group", "option"),
-    [(g, o) for g in ("model", "loss", "optimizer", "data") for o in options(g)],
+    [
+        # the torchvision backbones take 8-25 s each on 2 cores: the slow tier
+        pytest.param(g, o, marks=pytest.mark.slow) if g == "model" and o != "small_cnn" else (g, o)
+        for g in ("model", "loss", "optimizer", "data")
+        for o in options(g)
+    ],
 )
 def test_every_config_option_trains(tmp_path, group, option):
     overrides = [f"{group}={option}"]
