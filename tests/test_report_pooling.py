@@ -328,3 +328,14 @@ def test_an_output_folder_that_cannot_be_written_is_one_sentence(tmp_path, capsy
     assert stop.value.code == 1
     message = capsys.readouterr().err
     assert f"cannot write {disk / 'report'}" in message and "--out DIR" in message
+
+
+def test_bookkeeping_in_an_older_record_is_no_setting():
+    """A record written before a key was listed as bookkeeping (trainer.plugins: how
+    checkpoints are written) neither splits a configuration nor shows as a confound."""
+    from xray_loss.identity import BOOKKEEPING
+    from xray_loss.report.runs import settings
+
+    record = {"configuration": {"lr": 0.001, "trainer.plugins": "[{'_target_': 'old.Path'}]"}}
+    assert "trainer.plugins" in BOOKKEEPING
+    assert settings(record) == {"lr": 0.001}

@@ -90,9 +90,20 @@ def test_a_missing_data_folder_is_one_sentence_with_the_layout(tmp_path: Path):
     assert "Traceback" not in done.stderr
 
 
+def in_short(page: Path) -> str:
+    """The page's two-sentence summary (its "**In short.**" paragraph), on one line."""
+    text = page.read_text().split("**In short.** ", 1)[1].split("\n\n", 1)[0]
+    return " ".join(text.split())
+
+
 def test_the_committed_results_page_shows_its_summary_csv():
     pages = sorted((ROOT / "docs" / "results").glob("*-full-grid.md"))
     assert pages, "docs/results holds no results page"
+    # the README links the newest page and quotes its summary as the page states it
+    lines = (ROOT / "README.md").read_text().splitlines()
+    readme = " ".join(" ".join(line.removeprefix("> ") for line in lines).split())
+    assert f"(docs/results/{pages[-1].name})" in readme
+    assert in_short(pages[-1]) in readme
     for page in pages:
         assert_table_is_summary_csv(page, page.with_suffix("") / "summary.csv")
         for figure in re.findall(r"!\[[^]]*\]\(([^)]+)\)", page.read_text()):

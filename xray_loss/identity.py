@@ -45,8 +45,9 @@ def hyperparameters(cfg: DictConfig, choices: dict[str, Any]) -> dict[str, Any]:
     return {axis: values[axis] for axis in AXES}
 
 
-# settings that change how a run is run or logged, not what it computes
-_BOOKKEEPING = (
+# settings that change how a run is run or logged, not what it computes: left out of a run's
+# configuration when it is recorded, and when the report reads an older record
+BOOKKEEPING = (
     "data.batch_size",  # = batch_size
     "data.eval_batch_size",  # the same metrics at any size (tests/test_train_cli.py)
     "data.seed",  # = seed
@@ -65,6 +66,7 @@ _BOOKKEEPING = (
     "trainer.num_sanity_val_steps",
     "trainer.benchmark",
     "trainer.deterministic",
+    "trainer.plugins",  # checkpoint IO (runtime.checkpointing.AtomicCheckpointIO)
 )
 _CONFIGURATION_KEYS = ("seed", "lr", "epochs", "epochs_scale", "batch_size", "threshold", "budgets")
 _CONFIGURATION_GROUPS = ("data", "model", "loss", "optimizer", "scheduler", "trainer")
@@ -84,7 +86,7 @@ def run_configuration(cfg: DictConfig) -> dict[str, Any]:
         if isinstance(node, dict) and node:
             for key, value in node.items():
                 walk(f"{prefix}.{key}", value)
-        elif not prefix.endswith("._partial_") and prefix not in _BOOKKEEPING:
+        elif not prefix.endswith("._partial_") and prefix not in BOOKKEEPING:
             flat[prefix] = str(node) if isinstance(node, (list, dict)) else node
 
     for key in _CONFIGURATION_KEYS:

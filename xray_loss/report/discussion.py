@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from xray_loss.identity import format_value
 from xray_loss.report.findings import (
     HEADS,
     best,
@@ -34,12 +35,8 @@ def command(runs: list[Run]) -> str:
     return f"make study DATA={data}{args}"
 
 
-def _fmt_lr(lr: float) -> str:
-    return f"{lr:g}"
-
-
 def _name(key: tuple[str, float, int]) -> str:
-    return f"{HEADS.get(key[0], key[0])}, lr={_fmt_lr(key[1])}, {key[2]} epochs"
+    return f"{HEADS.get(key[0], key[0])}, lr={format_value(key[1])}, {key[2]} epochs"
 
 
 def discussion(
@@ -67,14 +64,29 @@ def discussion(
         for lr in lrs
         for e in budgets
     ]
-    differ = [f"lr={_fmt_lr(lr)}, {e} epochs" for lr, e, a, lo in head_rows if differs(lo)]
+    differ = [f"lr={format_value(lr)}, {e} epochs" for lr, e, a, lo in head_rows if differs(lo)]
     best_val, val_auroc = best(cells, lambda r: float(r.record.get("best_val_auroc", math.nan)))
     best_test, test_auroc = best(cells, lambda r: r.test("auroc"))
     seeds = max(len(s) for s in cells.values())
+    alone = paired(cells, "bce_matched", "ce", matched_lr, longest, "loss")
+    total = paired(cells, "bce", "ce", matched_lr, longest, "loss")
+    controls = ""
+    if alone["n"] > 1:
+        controls = (
+            f", and the matched controls at lr={format_value(matched_lr)} show that the loss "
+            f"itself moves it by {diff_text(alone)} (CE against BCE trained with CE's dynamics)"
+            + (
+                ": what separates the heads is CE's effective head learning rate, not the loss"
+                if not differs(alone) or alone["high"] - alone["low"] < total["std"]
+                else ""
+            )
+        )
     headline = (
-        f"At equal nominal learning rate, CE's test loss differs from BCE's (95% interval over "
-        f"the seeds excluding 0) in {len(differ)} of {len(head_rows)} (lr, epochs) cells"
+        f"At equal nominal learning rate, CE's test loss differs from BCE's beyond seed noise "
+        f"(95% interval over the seeds excluding 0) in {len(differ)} of {len(head_rows)} "
+        f"(lr, epochs) cells"
         + (f" ({'; '.join(differ)})" if differ else "")
+        + controls
         + f". The best configuration on validation is {_name(best_val)} "
         f"(val AUROC {val_auroc:.4f}); on test it is {_name(best_test)} "
         f"(test AUROC {test_auroc:.4f})."
@@ -92,14 +104,15 @@ def discussion(
         "page; rerun it to continue an interrupted study or to regenerate the page).",
         f"- Model {config.get('model')} at {config.get('image_size')} px, batch "
         f"{config.get('batch_size')}, {config.get('optimizer')} at a constant learning rate, "
-        f"training augmentation on; loss {{BCE, CE}} x lr {{{', '.join(map(_fmt_lr, lrs))}}} x "
+        "training augmentation on; loss {BCE, CE} x lr "
+        f"{{{', '.join(map(format_value, lrs))}}} x "
         f"epochs {{{', '.join(map(str, budgets))}}} x {seeds} seeds, each epoch budget read "
         f"from one {longest}-epoch run per cell (its best checkpoint within the budget, "
         "chosen on validation AUROC, is tested), plus the matched-head controls "
-        f"at lr={_fmt_lr(matched_lr)}.",
+        f"at lr={format_value(matched_lr)}.",
         f"- Data: the Kermany train split, {_sizes(split)}; split by patient, stratified.",
         f"- Hardware: {facts['hardware']}. Runs at commit "
-        f"{', '.join(facts['run_commits'])}; page written at {facts['commit']}.",
+        f"{facts['run_commits']}; page written at {facts['commit']}.",
         f"- {len({r.path for r in runs})} runs, {facts['compute_h']:.1f} h of training "
         f"({facts['started'][:16]} to {facts['finished'][:16]} UTC, "
         f"{facts['elapsed_h']:.1f} h elapsed).",
@@ -118,7 +131,8 @@ def discussion(
         "|---|---|---|---|",
     ]
     lines += [
-        f"| {_fmt_lr(lr)} | {e} | {diff_text(a)} | {diff_text(lo)} |" for lr, e, a, lo in head_rows
+        f"| {format_value(lr)} | {e} | {diff_text(a)} | {diff_text(lo)} |"
+        for lr, e, a, lo in head_rows
     ]
     std_auroc = seed_std(cells, "bce", "auroc")
     std_loss = seed_std(cells, "bce", "loss")
@@ -159,9 +173,9 @@ def matched_section(cells: dict, lr: float, epochs: int, gaps: dict[float, float
         ("CE − BCE matched to CE (the loss alone, same dynamics)", "bce_matched", "ce"),
         ("CE matched to BCE − BCE (the loss alone, BCE's dynamics)", "bce", "ce_matched"),
     ]
-    chosen = ", ".join(f"lr={_fmt_lr(k)}: {v:.4f}" for k, v in sorted(gaps.items()))
+    chosen = ", ".join(f"lr={format_value(k)}: {v:.4f}" for k, v in sorted(gaps.items()))
     lines = [
-        f"## 2. The loss or the head's learning rate? Matched controls at lr={_fmt_lr(lr)}",
+        f"## 2. The loss or the head's learning rate? Matched controls at lr={format_value(lr)}",
         "",
         "CE's two logits train like a BCE logit at twice the learning rate with a wider "
         "initialisation (docs/heads.md); `bce_matched` is BCE given exactly that, `ce_matched` "
@@ -177,16 +191,25 @@ def matched_section(cells: dict, lr: float, epochs: int, gaps: dict[float, float
         lines.append(f"| {text} | {diff_text(auroc)} | {diff_text(loss)} |")
     total = paired(cells, "bce", "ce", lr, epochs, "loss")
     dynamics = paired(cells, "bce", "bce_matched", lr, epochs, "loss")
-    if total["n"] and dynamics["n"] and abs(total["mean"]) > 0:
-        share = dynamics["mean"] / total["mean"]
+    loss_alone = paired(cells, "bce_matched", "ce", lr, epochs, "loss")
+    if total["n"] > 1 and dynamics["n"] > 1 and loss_alone["n"] > 1:
+        width = loss_alone["high"] - loss_alone["low"]
         lines += [
             "",
-            f"Of CE's test-loss difference from BCE ({total['mean']:+.4f}), matching BCE's "
-            f"dynamics to CE's reproduces {dynamics['mean']:+.4f} ({share:.0%}): "
+            f"The loss alone (CE against BCE trained with CE's dynamics) moves the test loss by "
+            f"{loss_alone['mean']:+.4f}, an interval {width:.4f} wide, against a CE − BCE "
+            f"difference of {total['mean']:+.4f} and a seed-to-seed std of "
+            f"{total['std']:.4f}: "
             + (
-                "the heads differ mostly by their effective learning rate, not by the loss."
-                if 0.5 <= share <= 1.5
-                else "the effective learning rate does not account for the difference."
+                "BCE given CE's effective head learning rate and initialisation ends where CE "
+                "ends; what separates the heads at equal nominal lr is that, not the loss."
+                if width < total["std"] or not differs(loss_alone)
+                else "the loss itself differs."
+            )
+            + (
+                ""
+                if differs(total)
+                else " At this lr CE and BCE do not differ beyond seed noise in the first place."
             ),
         ]
     return [*lines, ""]
@@ -203,7 +226,7 @@ def winners(cells: dict, best_val: tuple, best_test: tuple, std_auroc: float) ->
     by_lr: dict[float, list[float]] = {}
     for (_, lr, _), m in means.items():
         by_lr.setdefault(lr, []).append(m)
-    lr_line = ", ".join(f"lr={_fmt_lr(k)}: {np.mean(v):.4f}" for k, v in sorted(by_lr.items()))
+    lr_line = ", ".join(f"lr={format_value(k)}: {np.mean(v):.4f}" for k, v in sorted(by_lr.items()))
     same = best_val == best_test
     return [
         "## 3. Which learning rate and epoch budget win",
@@ -239,7 +262,7 @@ def overfitting_section(runs: list[Run]) -> list[str]:
     ]
     for r in rows:
         lines.append(
-            f"| {HEADS.get(r['head'], r['head'])} | {_fmt_lr(r['lr'])} | {r['min_epoch']} of "
+            f"| {HEADS.get(r['head'], r['head'])} | {format_value(r['lr'])} | {r['min_epoch']} of "
             f"{r['epochs']} | {r['min_val']:.4f} | {r['end_val']:.4f} | {r['end_train']:.4f} |"
         )
     return [*lines, ""]
@@ -263,14 +286,25 @@ def generalisation(runs: list[Run], probe: dict[str, Any] | None) -> list[str]:
         "is the transferable result.",
     ]
     if probe:
-        parts = [
-            f"{name} {v['auroc']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}]"
-            for name, v in probe["probes"].items()
-        ]
-        if parts:
-            lines.append(
-                "- Shortcut probe (`python -m xray_loss.probe`, linear probes that see no "
-                f"anatomy; AUROC, 0.5 = no shortcut): {', '.join(parts)}. A probe well above "
-                "0.5 means part of what any CNN scores here is the image source, not the lungs."
+        auroc = {name: v["auroc"] for name, v in probe["probes"].items()}
+        ci = {name: v["ci95"] for name, v in probe["probes"].items()}
+
+        def shown(name: str) -> str:
+            return f"{auroc[name]:.3f} [{ci[name][0]:.3f}, {ci[name][1]:.3f}]"
+
+        lines.append(
+            "- Shortcut probe (`python -m xray_loss.probe` on the same folder; linear models "
+            "that never see the lungs' detail, patient-grouped cross-validation, AUROC with "
+            "95% interval, 0.5 = chance): the files' metadata alone (size, shape, bytes, no "
+            f"pixels) {shown('file')}; the outer frame of the image (markers, collimation, "
+            f"text) {shown('border')}; an 8x8 thumbnail {shown('thumbnail')}, which pneumonia's "
+            "global density explains in part. "
+            + (
+                "Metadata and frame carry the class: part of what any CNN scores on this data "
+                "can be the image source rather than the lungs, and a carve-out of the same "
+                "source cannot tell the two apart; a test on another site can."
+                if min(ci["file"][0], ci["border"][0]) > 0.6
+                else "Metadata and frame carry little of the class."
             )
+        )
     return [*lines, ""]

@@ -49,7 +49,7 @@ def provenance(runs: list[Run]) -> dict[str, Any]:
         "elapsed_h": (_time(finished) - _time(started)).total_seconds() / 3600,
         "hardware": f"{cpu}, {os.cpu_count()} cores, GPU: {gpu}, torch {torch.__version__}",
         "commit": code_commit() or "unknown (not a git checkout)",
-        "run_commits": sorted({r.get("commit") or "not recorded" for r in records}),
+        "run_commits": _commits(runs),
         "split": split,
     }
 
@@ -63,6 +63,14 @@ def _read(path: str) -> list[str]:
 
 def _time(iso: str) -> datetime:
     return datetime.fromisoformat(iso)
+
+
+def _commits(runs: list[Run]) -> str:
+    """``7e0ccff (6 runs), not recorded (18 runs)``: the code each run's record names."""
+    count: dict[str, int] = defaultdict(int)
+    for record in {r.path: r.record for r in runs}.values():
+        count[record.get("commit") or "not recorded (older records)"] += 1
+    return ", ".join(f"{c} ({n} runs)" for c, n in sorted(count.items()))
 
 
 def _split_sizes(path: Path) -> dict[str, dict[str, int]]:

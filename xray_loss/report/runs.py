@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from xray_loss.identity import format_value, sort_key
+from xray_loss.identity import BOOKKEEPING, format_value, sort_key
 from xray_loss.metrics import AXES, REPEATS
 from xray_loss.report.records import (
     completed_records,
@@ -76,8 +76,10 @@ RESTATED = {
 
 
 def settings(record: dict[str, Any]) -> dict[str, Any]:
-    """A run's resolved settings (older records without them: their named hyperparameters)."""
-    return record.get("configuration") or record.get("config") or {}
+    """A run's resolved settings (older records without them: their named hyperparameters),
+    bookkeeping left out (``identity.BOOKKEEPING``: a record may predate a key's listing)."""
+    found = record.get("configuration") or record.get("config") or {}
+    return {k: v for k, v in found.items() if k not in BOOKKEEPING}
 
 
 def _hashable(value: Any) -> Any:
