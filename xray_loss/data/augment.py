@@ -4,8 +4,8 @@ brightness/contrast jitter, optional horizontal flip.
 One implementation, ``BatchAugment``: the parameters are drawn per image, and the whole batch is
 warped at once by one ``affine_grid``/``grid_sample``, on whatever device the batch lives (a
 DataLoader worker's CPU, or the GPU when the data is kept there). Per-image torchvision v2
-transforms did the same at 30x the cost on the CPU (0.74 vs 0.02 ms per 32 px image, 1.6 vs
-0.7 ms at 224 px; bench/README.md): at the study's small sizes they were most of an epoch.
+transforms did the same at 36x the cost at 32 px and 3x at 224 px on one CPU thread
+(bench/augment.py, bench/README.md): at the study's small sizes they were most of an epoch.
 
 An image's draws come from its own generator, seeded by (seed, epoch, index)
 (``xray_loss.data.order.sample_seed``), never from a process's global RNG: augmentation is a
