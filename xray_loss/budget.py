@@ -53,6 +53,7 @@ class TimeBudget(L.Callback):
 
     def __init__(self) -> None:
         self.images = 0  # training images of this rank, across resumes (checkpointed)
+        self.fit_images = 0  # ``images`` when the fit ended
         self.stopped = False  # the run stopped after the last epoch that fits its budget
         self.last: int | None = None  # index of the last epoch, once the budget decides it
         self.durations: list[float] = []  # seconds of each completed epoch, validation included
@@ -64,9 +65,13 @@ class TimeBudget(L.Callback):
 
     @staticmethod
     def images_seen(trainer: L.Trainer) -> int | None:
-        """Training images of all ranks (equal shards), resumed attempts included."""
+        """Training images of all ranks (equal shards), resumed attempts included, as the fit
+        ended (testing the best checkpoint restores the callbacks' states of its epoch)."""
         budget = TimeBudget.of(trainer)
-        return None if budget is None else budget.images * trainer.world_size
+        return None if budget is None else budget.fit_images * trainer.world_size
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.fit_images = self.images
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.images += len(batch[0])
@@ -102,7 +107,8 @@ class TimeBudget(L.Callback):
                     trainer.max_epochs,
                 )
                 scheduler.T_max = fit
-        self.last = fit - 1
+        # the schedule only ever shrinks (past T_max a cosine climbs again): stop at its end
+        self.last = min(s.T_max for s in cosine) - 1
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.last is not None and trainer.current_epoch >= self.last:
