@@ -15,8 +15,8 @@ from hydra.utils import get_object
 from omegaconf import DictConfig, OmegaConf
 
 from xray_loss.config import ConfigError
+from xray_loss.identity import CONF
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 # top-level keys set outside conf/ (the Optuna sweeper adds its trial's id)
 _ADDED_BY_TOOLS = ("optuna_trial_id",)
 # config groups instantiated with their keys as arguments: each key must be one it accepts

@@ -13,21 +13,8 @@ from typing import Any
 from hydra.errors import CompactHydraException
 from omegaconf import OmegaConf
 
-# Overrides that do not describe what a run computes: left out of run directory names.
-_NAME_EXCLUDED = (
-    "resume",
-    "experiment",
-    "hparams_search",
-    "name",
-    "paths.",
-    "hydra.",
-    "data.root",
-    "data.cache_dir",
-    "debug",
-    "seeds=",
-    "ckpt_path",
-    "inputs",
-)
+from xray_loss.identity import named_overrides
+
 _MAX_NAME = 120
 
 
@@ -38,13 +25,11 @@ class ConfigError(CompactHydraException):
 def run_dirname(overrides: Sequence[str], prefix: str = "", fallback: str = "") -> str:
     """A run directory name from the command-line overrides, e.g. ``loss=ce,lr=0.001``.
 
-    Keys that do not change the computation are left out; path separators are replaced and
-    very long names are shortened with a hash, so every name is one valid directory.
+    Keys that name no run (``identity.named_overrides``: paths, presets, ``resume``) are left
+    out; path separators are replaced and very long names are shortened with a hash, so every
+    name is one valid directory.
     """
-    kept = sorted(
-        o.lstrip("+~") for o in overrides if not o.lstrip("+~").startswith(_NAME_EXCLUDED)
-    )
-    name = ",".join(kept).replace("/", "_").replace(" ", "")
+    name = ",".join(named_overrides(overrides)).replace("/", "_").replace(" ", "")
     if len(name) > _MAX_NAME:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
         name = f"{name[: _MAX_NAME - 9]}~{digest}"

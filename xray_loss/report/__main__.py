@@ -11,7 +11,7 @@ import argparse
 import errno
 from pathlib import Path
 
-from xray_loss.metrics import AXES
+from xray_loss.identity import axis_names
 from xray_loss.report.build import make_report
 
 
@@ -25,16 +25,16 @@ def main(argv: list[str] | None = None) -> None:
         "--compare",
         action="append",
         default=[],
-        help=f"another axis to compare, e.g. --compare lr ({', '.join(AXES)})",
+        help=f"another axis to compare, e.g. --compare lr ({', '.join(axis_names())})",
     )
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     args = parser.parse_args(argv)
     for d in args.dirs:
         if not d.exists():
             parser.error(f"{d} does not exist")
-    bad = [a for a in args.compare if a not in AXES]
+    bad = [a for a in args.compare if a not in axis_names()]
     if bad:
-        parser.error(f"unknown --compare axis {bad}; valid: {', '.join(AXES)}")
+        parser.error(f"unknown --compare axis {bad}; valid: {', '.join(axis_names())}")
     out = args.out or args.dirs[0] / "report"
     try:
         make_report(args.dirs, out, args.compare, args.bootstrap)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from xray_loss.metrics import REPEATS
+from xray_loss.identity import repeat_keys
 from xray_loss.report.runs import Run, columns, sort_key, value
 from xray_loss.report.stats import mean_std
 
@@ -51,7 +51,7 @@ def _cell(run: Run) -> tuple:
         sorted(
             (k, str(v))
             for k, v in run.settings.items()
-            if k != "loss" and not k.startswith("loss.") and k not in REPEATS
+            if k != "loss" and not k.startswith("loss.") and k not in repeat_keys()
         )
     )
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from matplotlib import colormaps
 
-from xray_loss.metrics import AXES
+from xray_loss.identity import axis_names
 from xray_loss.report.runs import (
     Run,
     configurations,
@@ -164,7 +164,7 @@ def layout(runs: list[Run], axis: str, kind: str) -> Layout:
 def held(runs: list[Run], axis: str) -> dict[str, Any]:
     """The named settings every one of these runs shares (what a title must state)."""
     out = {}
-    for a in AXES:
+    for a in axis_names():
         if a in (axis, "seed", "max_epochs"):
             continue
         values = {str(value(r.record, a)) for r in runs}
@@ -209,7 +209,7 @@ def title_text(what: str, shown: Layout | list[Run], width_in: float) -> str:
             continue
         parts.append(f"{k}={format_value(v)}" + (f" ({reasons[k]})" if k in reasons else ""))
     for k, why in reasons.items():  # held settings that are no named axis
-        if k not in AXES:
+        if k not in axis_names():
             parts.append(f"{k}={format_value(value(runs[0].record, k))} ({why})")
     notes = [n for n in (confound_note(runs), dry_run_note(runs)) if n]
     chars = max(40, int(width_in * 13))

@@ -2,7 +2,7 @@
 
 Two runs belong to one *configuration* when every resolved setting that defines what they
 compute is equal (metrics.json ``configuration``, see ``xray_loss.identity.run_configuration``),
-seeds and folds aside (``xray_loss.metrics.REPEATS``). The command that started a run
+seeds and folds aside (``xray_loss.identity.repeat_keys``). The command that started a run
 (``resume``, ``name``, launcher knobs) plays no part. The sweep's aggregate table and the
 report group on this, so they agree with each other.
 
@@ -21,15 +21,21 @@ from typing import Any
 
 import numpy as np
 
-from xray_loss.identity import BOOKKEEPING, format_value, sort_key
-from xray_loss.metrics import AXES, REPEATS
+from xray_loss.identity import (
+    axis_names,
+    format_value,
+    in_configuration,
+    repeat_keys,
+    restated,
+    sort_key,
+)
 from xray_loss.report.records import (
     completed_records,
     is_evaluation,
     read_curves,
     read_predictions,
 )
-from xray_loss.runtime.record import read_record
+from xray_loss.runtime.record import Status, read_record
 
 
 @dataclass
@@ -45,7 +51,7 @@ class Run:
 
     @property
     def config(self) -> dict[str, Any]:
-        """The named hyperparameters (``xray_loss.metrics.AXES``)."""
+        """The named hyperparameters (``xray_loss.identity.axis_names``)."""
         return self.record.get("config", {})
 
     @property
@@ -65,21 +71,11 @@ class Run:
         return math.nan if value is None else float(value)
 
 
-# resolved settings that restate a named axis under another name: neither a column nor a
-# confound (a group's own keys, ``loss._target_``, restate its choice: see :func:`restates`)
-RESTATED = {
-    "epochs": ("max_epochs", "trainer.max_epochs"),
-    "epochs_scale": ("max_epochs", "trainer.max_epochs"),
-    "image_size": ("data.image_size",),
-    "weight_decay": ("optimizer.weight_decay",),
-}
-
-
 def settings(record: dict[str, Any]) -> dict[str, Any]:
     """A run's resolved settings (older records without them: their named hyperparameters),
-    bookkeeping left out (``identity.BOOKKEEPING``: a record may predate a key's listing)."""
+    bookkeeping left out (``identity.in_configuration``: a record may predate a key's listing)."""
     found = record.get("configuration") or record.get("config") or {}
-    return {k: v for k, v in found.items() if k not in BOOKKEEPING}
+    return {k: v for k, v in found.items() if in_configuration(k)}
 
 
 def _hashable(value: Any) -> Any:
@@ -88,12 +84,14 @@ def _hashable(value: Any) -> Any:
 
 def identity(record: dict[str, Any]) -> tuple:
     """What one configuration's runs share: every setting but the repeats (seed, fold)."""
-    return tuple(sorted((k, _hashable(v)) for k, v in settings(record).items() if k not in REPEATS))
+    return tuple(
+        sorted((k, _hashable(v)) for k, v in settings(record).items() if k not in repeat_keys())
+    )
 
 
 def repeat(record: dict[str, Any]) -> tuple:
     """Which repeat of its configuration a record is: its seed and fold."""
-    return tuple(_hashable(value(record, k)) for k in REPEATS)
+    return tuple(_hashable(value(record, k)) for k in repeat_keys())
 
 
 def _determined(records: list[dict[str, Any]], key: str, by: list[str]) -> bool:
@@ -106,8 +104,9 @@ def _determined(records: list[dict[str, Any]], key: str, by: list[str]) -> bool:
 
 def _candidates(records: list[dict[str, Any]]) -> list[str]:
     """Every setting a column could be: the named axes first, then the resolved settings."""
-    named = [a for a in AXES if a not in REPEATS]
-    return named + sorted({k for r in records for k in settings(r)} - set(REPEATS) - set(named))
+    named = [a for a in axis_names() if a not in repeat_keys()]
+    found = {k for r in records for k in settings(r)}
+    return named + sorted(found - set(repeat_keys()) - set(named))
 
 
 def _varies(records: list[dict[str, Any]], key: str) -> bool:
@@ -131,8 +130,9 @@ def columns(records: list[dict[str, Any]]) -> list[str]:
 
 def restates(column: str, key: str) -> bool:
     """Whether ``key`` is ``column`` under another name or part of it (``loss._target_`` of
-    ``loss``, ``trainer.max_epochs`` of ``epochs``): it follows the column by construction."""
-    return key.startswith(f"{column}.") or key in RESTATED.get(column, ())
+    ``loss``, ``trainer.max_epochs`` of ``epochs``): it follows the column by construction
+    (``identity.restated``; a group's own keys restate its choice)."""
+    return key.startswith(f"{column}.") or key in restated().get(column, ())
 
 
 def confounds(records: list[dict[str, Any]]) -> dict[str, list[str]]:
@@ -183,7 +183,7 @@ def load_runs(paths: list[Path]) -> tuple[list[Run], list[tuple[Path, str]]]:
             continue
         completed = completed_records(record)
         status = record.get("status", "unreadable")
-        if status != "completed":
+        if status != Status.COMPLETED:
             budgets = sorted(int(r["config"]["epochs"]) for _, r in completed)
             note = f"; its budgets {budgets} are read as the shorter runs" if budgets else ""
             skipped.append((run_dir, status + note))

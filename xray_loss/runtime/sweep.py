@@ -45,10 +45,10 @@ from omegaconf import DictConfig, open_dict, read_write
 from xray_loss.checks import check_config, check_values
 from xray_loss.config import ConfigError, setup_process
 from xray_loss.dashboard import sweep_axes, write_experiment
-from xray_loss.identity import format_value
-from xray_loss.metrics import METRICS
+from xray_loss.identity import format_value, sweep_overrides
+from xray_loss.metrics import metric_names
 from xray_loss.runtime.ddp import global_rank
-from xray_loss.runtime.record import Interrupted, atomic_path, read_record
+from xray_loss.runtime.record import FAILURES, Interrupted, Status, atomic_path, read_record
 from xray_loss.runtime.rundirs import (
     check_resumable,
     check_writable,
@@ -62,21 +62,12 @@ log = logging.getLogger(__name__)
 
 SUMMARY = "sweep_summary.csv"
 AGGREGATE = "sweep_aggregate.csv"
-FAILED = ("failed", "diverged")
-# overrides that do not change which jobs a sweep runs (left out of its identity)
-_NOT_IDENTITY = (
-    "resume=",
-    "hydra.sweeper.n_trials=",
-    "hydra.sweeper.n_jobs=",
-    "hydra.launcher.",
-    "hydra.sweep.dir=",
-)
 
 
 def sweep_key(overrides: list[str]) -> str:
-    """A short, stable id of a sweep command (its overrides, minus resume and launcher knobs)."""
-    kept = sorted(o for o in overrides if not o.lstrip("+~").startswith(_NOT_IDENTITY))
-    return hashlib.sha1("\n".join(kept).encode()).hexdigest()[:8]
+    """A short, stable id of a sweep command: its overrides but bookkeeping (``resume``,
+    launcher knobs: ``identity.sweep_overrides``)."""
+    return hashlib.sha1("\n".join(sweep_overrides(overrides)).encode()).hexdigest()[:8]
 
 
 def _write_atomic(path: Path, text: str) -> None:
@@ -104,7 +95,7 @@ def job_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             "status": record.get("status"),
             "best_val_auroc": record.get("best_val_auroc"),
             "best_epoch": record.get("best_epoch"),
-            **{f"test_{m}": test.get(f"test/{m}") for m in METRICS},
+            **{f"test_{m}": test.get(f"test/{m}") for m in metric_names()},
             "threshold": record.get("threshold"),
             "wall_time_s": record.get("wall_time_s"),
             "error": (record.get("error") or "").replace("\n", " ")[:300],
@@ -135,13 +126,13 @@ def write_tables(sweep_dir: Path) -> list[dict[str, Any]]:
         return rows
     _write_atomic(Path(sweep_dir) / SUMMARY, _table(rows, list(rows[0])))
     records = [r for r in (read_record(Path(row["run_dir"])) for row in rows) if r]
-    from xray_loss.report.stats import SUMMARY_KEYS, summarise  # when a job ends, not at import
+    from xray_loss.report.stats import summarise, summary_keys  # when a job ends, not at import
 
     cols, agg = summarise(records)
     if agg:
         for row in agg:
             row["config"] = " ".join(f"{c}={format_value(row[c])}" for c in cols)
-        stats = [f"{k}_{s}" for k in SUMMARY_KEYS for s in ("mean", "std")]
+        stats = [f"{k}_{s}" for k in summary_keys() for s in ("mean", "std")]
         _write_atomic(Path(sweep_dir) / AGGREGATE, _table(agg, ["config", *cols, "n", *stats]))
     return rows
 
@@ -242,8 +233,8 @@ class SweepBookkeeping(Callback):
         if self._axes is not None:
             write_experiment(sweep_dir, self._axes)
         unlock_directory(self._lock)
-        failed = [r for r in rows if r["status"] in FAILED]
-        done = sum(r["status"] == "completed" for r in rows)
+        failed = [r for r in rows if r["status"] in FAILURES]
+        done = sum(r["status"] == Status.COMPLETED for r in rows)
         print(
             f"\nSweep finished: {done} of {len(rows)} job(s) completed. "
             f"Summary: {sweep_dir / SUMMARY}\n"
@@ -265,7 +256,7 @@ def report_interruption(stop: Interrupted, sweep_dir: Path | None) -> None:
         what = f"{stop.run_dir} is recorded as interrupted, its checkpoints kept"
     else:
         rows = write_tables(sweep_dir)
-        done = sum(r["status"] == "completed" for r in rows)
+        done = sum(r["status"] == Status.COMPLETED for r in rows)
         what = (
             f"the sweep stopped with {done} of {len(rows)} started job(s) completed; "
             f"summary: {sweep_dir / SUMMARY}"
