@@ -41,7 +41,7 @@ from xray_loss.data.splits import split_difference
 from xray_loss.inference import load_classifier, run_config
 from xray_loss.inference import operating_point as applied_operating_point
 from xray_loss.metrics import binary_metrics
-from xray_loss.runtime.record import RunRecord, write_json_atomic
+from xray_loss.runtime.record import RunRecord, Status, write_json_atomic
 from xray_loss.threshold import SOURCES, describe, operating_point, parse_rule, sidecar_path
 
 log = logging.getLogger("xray_loss.eval")
@@ -136,7 +136,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         threshold=float(model.threshold),
         operating_point=point,
     )
-    record.finish("completed", test={k: float(v) for k, v in metrics.items()})
+    record.finish(Status.COMPLETED, test={k: float(v) for k, v in metrics.items()})
     print(
         f"\nEvaluated {cfg.ckpt_path} on the {cfg.split} split "
         f"(threshold {float(model.threshold):.3f}). Results in {out}",
@@ -202,7 +202,7 @@ def recalibrate(cfg: DictConfig, model, out: Path) -> dict[str, Any]:
     print(f"Written beside the checkpoint: {sidecar} (eval and predict use it)", flush=True)
     record = RunRecord(out)
     record.start(ckpt_path=str(Path(cfg.ckpt_path).resolve()), recalibrate=str(folder))
-    record.finish("completed", operating_point=point, sidecar=str(sidecar), sample=metrics)
+    record.finish(Status.COMPLETED, operating_point=point, sidecar=str(sidecar), sample=metrics)
     return record.data
 
 

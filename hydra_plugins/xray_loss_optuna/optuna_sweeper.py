@@ -40,6 +40,8 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
+from xray_loss.runtime.record import Status
+
 log = logging.getLogger(__name__)
 
 
@@ -212,9 +214,9 @@ class OptunaPruningSweeper(Sweeper):
             return
         status = record.get("status")
         value = record.get(self.conf.objective)
-        if status == "completed" and value is not None:
+        if status == Status.COMPLETED and value is not None:
             study.tell(trial, float(value))
-        elif status == "pruned":
+        elif status == Status.PRUNED:
             study.tell(trial, state=TrialState.PRUNED)
         else:
             study.tell(trial, state=TrialState.FAIL)

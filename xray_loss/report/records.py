@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from xray_loss.metrics import CURVES
+from xray_loss.runtime.record import Status
 
 # what xray_loss.eval records (a checkpoint tested or recalibrated) instead of a training config
 EVALUATION_KEYS = ("ckpt_path", "recalibrate")
@@ -119,7 +120,7 @@ def budget_records(record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
             configuration["trainer.max_epochs"] = info["epochs_trained"]
         virtual = {
             **record,
-            "status": "completed",
+            "status": Status.COMPLETED,
             "config": config,
             "configuration": configuration,
             "budgets": {},
@@ -143,6 +144,6 @@ def completed_records(record: dict[str, Any]) -> list[tuple[str, dict[str, Any]]
     if is_evaluation(record):
         return []
     status = record.get("status")
-    if status == "completed" or (status == "diverged" and record.get("budgets")):
+    if status == Status.COMPLETED or (status == Status.DIVERGED and record.get("budgets")):
         return budget_records(record)
     return []

@@ -16,7 +16,8 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -31,23 +32,27 @@ from xray_loss.runtime.resume import (
 )
 from xray_loss.runtime.slurm import slurm_restarts
 
-STATUSES = ("running", "completed", "diverged", "failed", "pruned", "interrupted")
-# what resume=true continues: killed (still "running") or stopped by a signal
-RESUMABLE = ("running", "interrupted")
+
+class Status(StrEnum):
+    """A run's ``status`` in metrics.json (a str: ``record["status"] == Status.COMPLETED``)."""
+
+    RUNNING = "running"  # started, not ended (or killed without notice)
+    COMPLETED = "completed"
+    DIVERGED = "diverged"
+    FAILED = "failed"
+    PRUNED = "pruned"
+    INTERRUPTED = "interrupted"  # by SIGINT or SIGTERM
+
+
+# what resume=true continues: killed (still running) or stopped by a signal
+RESUMABLE = frozenset({Status.RUNNING, Status.INTERRUPTED})
+# the jobs a sweep reports as failed (and exits non-zero for)
+FAILURES = frozenset({Status.FAILED, Status.DIVERGED})
 # the exit status of a run stopped by a signal: 128 + the signal's number, as a shell reports it
 SIGNAL_EXIT = {"SIGINT": 130, "SIGTERM": 143}
 # metrics.json ``stopped_by``: why training ended (a completed run: one of the first five)
-STOP_REASONS = (
-    "max_epochs",
-    "max_time",
-    "max_steps",
-    "early_stopping",
-    "should_stop",
-    "diverged",
-    "failed",
-    "pruned",
-    "interrupted",
-)
+STOP_REASONS = ("max_epochs", "max_time", "max_steps", "early_stopping", "should_stop")
+STOP_REASONS += ("diverged", "failed", "pruned", "interrupted")  # a run that did not complete
 
 
 # --- how a run can end early: a hierarchy of its own, mapped to a status ---------------------
@@ -56,7 +61,7 @@ class RunStopped(Exception):
     ``fields``: what the run had established before it stopped, kept in its record (a diverged
     run's epoch budgets already tested)."""
 
-    status = "failed"
+    status = Status.FAILED
 
     def __init__(self, message: str, **fields: Any) -> None:
         super().__init__(message)
@@ -66,7 +71,7 @@ class RunStopped(Exception):
 class TrainingDiverged(RunStopped):
     """The training loss became NaN or infinite, or exploded."""
 
-    status = "diverged"
+    status = Status.DIVERGED
 
 
 class Interrupted(SystemExit):
@@ -126,7 +131,7 @@ def read_record(path: Path) -> dict[str, Any] | None:
 
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class RunRecord:
@@ -151,14 +156,13 @@ class RunRecord:
         this one's; ``commit`` the code's (a resume overwrites it: its code is the one that
         finishes the run)."""
         now = now_iso()
-        self.data = {"status": "running", "started": now, "attempt_started": now, **fields}
+        self.data = {"status": Status.RUNNING, "started": now, "attempt_started": now, **fields}
         self.data.setdefault("commit", code_commit())
         if self.write:
             write_json_atomic(self.path, self.data)
 
-    def finish(self, status: str, **fields: Any) -> None:
-        assert status in STATUSES, status
-        self.update(status=status, finished=now_iso(), **fields)
+    def finish(self, status: Status, **fields: Any) -> None:
+        self.update(status=Status(status), finished=now_iso(), **fields)
 
 
 # --- one run, start to end -------------------------------------------------------------------
@@ -174,7 +178,7 @@ class Run:
 
     def finish(self, result: dict[str, Any]) -> None:
         """The run completed: record its results (rank 0 writes them)."""
-        self.record.finish("completed", **result, wall_time_s=self.elapsed())
+        self.record.finish(Status.COMPLETED, **result, wall_time_s=self.elapsed())
 
     def elapsed(self) -> float:
         """Wall time of the whole run: every attempt, this one so far included."""
@@ -203,7 +207,7 @@ def recorded_run(run_dir: Path, resume: bool, rank: int = 0, **start_fields: Any
     """
     record = RunRecord(run_dir, write=rank == 0)
     requeued = slurm_restarts() > 0
-    if (resume or requeued) and record.status == "completed":
+    if (resume or requeued) and record.status == Status.COMPLETED:
         yield Run(record, skip=True, resume_from=None)
         return
     previous = record.data
@@ -237,7 +241,7 @@ def recorded_run(run_dir: Path, resume: bool, rank: int = 0, **start_fields: Any
     try:
         yield run
     except (RunStopped, ValueError, FileNotFoundError, CompactHydraException) as err:
-        status = err.status if isinstance(err, RunStopped) else "failed"
+        status = err.status if isinstance(err, RunStopped) else Status.FAILED
         fields = err.fields if isinstance(err, RunStopped) else {}
         record.finish(
             status, error=str(err), stopped_by=status, wall_time_s=run.elapsed(), **fields
@@ -254,16 +258,21 @@ def recorded_run(run_dir: Path, resume: bool, rank: int = 0, **start_fields: Any
             record.update(interrupted=noted, stopped_by="interrupted", wall_time_s=run.elapsed())
             raise
         record.finish(
-            "interrupted", interrupted=noted, stopped_by="interrupted", wall_time_s=run.elapsed()
+            Status.INTERRUPTED,
+            interrupted=noted,
+            stopped_by="interrupted",
+            wall_time_s=run.elapsed(),
         )
         raise Interrupted(signal_name, Path(run_dir)) from None
     except BaseException as err:
         if _is_trial_pruned(err):
-            record.finish("pruned", error=str(err), stopped_by="pruned", wall_time_s=run.elapsed())
+            record.finish(
+                Status.PRUNED, error=str(err), stopped_by="pruned", wall_time_s=run.elapsed()
+            )
             _dashboard_row(run_dir, record)
             return
         record.finish(
-            "failed",
+            Status.FAILED,
             error=f"{type(err).__name__}: {err}",
             stopped_by="failed",
             wall_time_s=run.elapsed(),

@@ -9,7 +9,7 @@ makes the continuation exact is in the checkpoints themselves: the data order
 from __future__ import annotations
 
 import zipfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,9 +64,7 @@ def attempt_history(previous: dict[str, Any], checkpoint: Path) -> tuple[dict[st
     saved = checkpoint.stat().st_mtime
     interrupted = previous.get("interrupted") or {
         "reason": "killed without notice (SIGKILL, out of memory, a lost node): nothing noted",
-        "last_checkpoint_at": datetime.fromtimestamp(saved, timezone.utc).isoformat(
-            timespec="seconds"
-        ),
+        "last_checkpoint_at": datetime.fromtimestamp(saved, UTC).isoformat(timespec="seconds"),
     }
     if "wall_time_s" in previous:
         return interrupted, float(previous["wall_time_s"])
