@@ -47,16 +47,21 @@ def _definitions(pattern: str) -> list[str]:
 
 
 def test_metric_names_and_axes_are_defined_once():
-    """Module, train, sweep, report and callbacks import them from xray_loss.metrics."""
-    for pattern in (
-        r"^\s*[A-Z_]*METRIC[A-Z_]*\s*=\s*\(",
-        r"^\s*[A-Z_]*AXES\s*=\s*\(",
-        r"^\s*STAGES\s*=",
-        r"^\s*CURVES\s*=",
-        r"^\s*REPEAT[A-Z_]*\s*=",
+    """Module, train, sweep, report and callbacks import the metrics from xray_loss.metrics,
+    the axes and what repeats a run from xray_loss.identity, statuses from runtime.record."""
+    for pattern, home in (
+        (r"^\s*[A-Z_]*METRIC[A-Z_]*\s*=\s*\(", "xray_loss/metrics.py"),
+        (r"^\s*SCORES\s*[:=]", "xray_loss/metrics.py"),
+        (r"^\s*STAGES\s*=", "xray_loss/metrics.py"),
+        (r"^\s*CURVES\s*=", "xray_loss/metrics.py"),
+        (r"^\s*[A-Z_]*AXES\s*=", "xray_loss/identity.py"),  # none: identity.axis_names()
+        (r"^\s*REPEAT[A-Z_]*\s*=", "xray_loss/identity.py"),
+        (r"^\s*[A-Z_]*(BOOKKEEPING|EXCLUDED|NOT_IDENTITY)[A-Z_]*\s*=", "xray_loss/identity.py"),
+        (r"^\s*[A-Z_]*STATUS(ES)?\s*=\s*\(", "xray_loss/runtime/record.py"),
+        (r"^\s*class \w+\(StrEnum\)", "xray_loss/"),
     ):
         defined = _definitions(pattern)
-        assert all(d.startswith("xray_loss/metrics.py") for d in defined), defined
+        assert all(d.startswith(home) for d in defined), (pattern, defined)
 
 
 def test_no_module_of_the_package_is_over_300_lines():
@@ -74,3 +79,18 @@ def test_train_reads_as_the_data_flow():
     assert len(body.strip().splitlines()) <= 48
     for step in ("instantiate(cfg.data)", "instantiate(\n", ".fit(", ".test("):
         assert step in body
+
+
+def test_statuses_are_compared_as_the_enum_not_as_strings():
+    """A run's statuses are ``runtime.record.Status``: no module spells one as a string."""
+    from xray_loss.runtime.record import Status
+
+    names = "|".join(Status)
+    spelled = re.compile(rf"""[=!]=\s*["']({names})["']""")
+    found = [
+        f"{p.relative_to(ROOT)}: {line.strip()}"
+        for p in [*(ROOT / "xray_loss").rglob("*.py"), *(ROOT / "hydra_plugins").rglob("*.py")]
+        for line in p.read_text().splitlines()
+        if spelled.search(line)
+    ]
+    assert not found, found

@@ -27,9 +27,9 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard.summary import scalar
 from torch.utils.tensorboard.writer import FileWriter
 
-from xray_loss.identity import format_value, sort_key
-from xray_loss.metrics import AXES, HPARAM_METRICS
-from xray_loss.runtime.record import read_record
+from xray_loss.identity import axis_names, format_value, sort_key
+from xray_loss.metrics import TRAIN_METRICS, hparam_metrics, metric_names
+from xray_loss.runtime.record import Status, read_record
 from xray_loss.runtime.rundirs import IMAGES  # viz/: sorts after the curves (train/, val/)
 
 
@@ -78,19 +78,14 @@ class DashboardLayout(L.Callback):
     """TensorBoard Custom Scalars layout: one chart per split and metric (x = epoch), one line
     per run, so a sweep's runs are compared metric by metric with no train/val line pairs."""
 
-    CHARTS = {
-        "validation": ("auroc", "acc", "loss", "sensitivity", "specificity"),
-        "training": ("acc", "loss"),
-    }
-
     @rank_zero_only
     def on_fit_start(self, trainer, pl_module) -> None:
         tb = tensorboard_logger(trainer)
         if tb is None:
             return
         layout = {}
-        for category, metrics in self.CHARTS.items():
-            split = "val" if category == "validation" else "train"
+        charts = {"validation": ("val", metric_names()), "training": ("train", TRAIN_METRICS)}
+        for category, (split, metrics) in charts.items():
             layout[category] = {
                 f"{split} {m}": ["Multiline", [f"^{re.escape(f'{split}/{m}')}$"]] for m in metrics
             }
@@ -99,9 +94,9 @@ class DashboardLayout(L.Callback):
 
 # --- HParams: one experiment per sweep (what varies), one session per run (its values) --------
 _STATUS = {
-    "completed": api_pb2.Status.STATUS_SUCCESS,
-    "running": api_pb2.Status.STATUS_RUNNING,
-}
+    Status.COMPLETED: api_pb2.Status.STATUS_SUCCESS,
+    Status.RUNNING: api_pb2.Status.STATUS_RUNNING,
+}  # every other status (failed, diverged, pruned, interrupted): a failure
 _ENDED = ("status", "stopped_by", "epochs_trained")  # how each run ended, beside its settings
 _TEXT = ("threshold", "threshold.rule")  # text even where a value looks like a number (0.5)
 # the sweep's experiment lives in a job directory, in a file of its own (replaced on resume)
@@ -168,7 +163,7 @@ def experiment_summary(
         return {row[name] for row in rows if name in row} | set(extra)
 
     if axes is None:
-        infos = [_info(name, domain(name), False) for name in (*AXES, *_ENDED)]
+        infos = [_info(name, domain(name), False) for name in (*axis_names(), *_ENDED)]
     else:
         infos = [_info(k, domain(k, v), True) for k, v in axes.items() if len(domain(k, v)) > 1]
         shorter = any(
@@ -178,7 +173,7 @@ def experiment_summary(
         for name in _ENDED:
             if len(domain(name)) > 1 and (name != "epochs_trained" or shorter):
                 infos.append(_info(name, domain(name), True))
-    metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in HPARAM_METRICS]
+    metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in hparam_metrics()]
     experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics)
     return _summary(metadata.EXPERIMENT_TAG, experiment=experiment)
 

@@ -1,7 +1,8 @@
 """The names every part of xray_loss reports under, and the one decision rule they all use.
 
-Module, train, sweep, report and callbacks import these lists instead of keeping their own, so a
-metric or an axis added here shows up everywhere at once.
+Module, train, sweep, dashboard and report read :data:`SCORES` instead of keeping their own
+lists, so a metric added here shows up everywhere at once (the axes of a run are in
+``xray_loss.identity``).
 
 The decision rule: an image is called pneumonia when ``P(pneumonia) >= threshold``, the
 convention of the ROC curve (a threshold read off the ROC keeps the sensitivity and specificity
@@ -12,6 +13,8 @@ go through :func:`decide`. Probabilities are float32 whatever the training preci
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torchmetrics.functional.classification import (
@@ -24,39 +27,47 @@ from torchmetrics.functional.classification import (
 )
 
 STAGES = ("train", "val", "test")
-# metrics of the evaluation stages (val, test); `train/` logs loss and acc only
-METRICS = ("loss", "acc", "auroc", "f1", "sensitivity", "specificity")
-THRESHOLD_METRICS = ("acc", "f1", "sensitivity", "specificity")
+
+
+@dataclass(frozen=True)
+class Score:
+    """How a metric is computed from one evaluated set: from the decisions (``P >= threshold``,
+    so it depends on the threshold) or from the probabilities (``ranks``: AUROC)."""
+
+    fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    ranks: bool = False
+    label: str = ""  # as a table's header names it (default: the name)
+
+
+# The metrics of the evaluation stages (val, test), besides the head's loss: adding one here
+# is the whole change. The module logs it, metrics.json and sweep_summary.csv record it,
+# TensorBoard charts it (a chart and an HParams column) and summary.md tabulates it.
+SCORES: dict[str, Score] = {
+    "acc": Score(binary_accuracy, label="accuracy"),
+    "auroc": Score(binary_auroc, ranks=True, label="AUROC"),
+    "f1": Score(binary_f1_score, label="F1"),
+    "sensitivity": Score(binary_recall),
+    "specificity": Score(binary_specificity),
+}
+# `train/` logs loss and acc only
 TRAIN_METRICS = ("loss", "acc")
 # the per-epoch curves the report draws
 CURVES = ("train/acc", "val/acc", "train/loss", "val/loss")
-# the named hyperparameters of a run (metrics.json "config", TensorBoard HParams, report axes)
-AXES = (
-    "loss",
-    "lr",
-    "epochs",
-    "max_epochs",  # epochs trained: epochs x epochs_scale in a dry run
-    "batch_size",
-    "model",
-    "data",
-    "optimizer",
-    "scheduler",
-    "weight_decay",
-    "image_size",
-    "threshold",
-    "seed",
-)
-# the HParams table's metric columns: what a run is judged by
-HPARAM_METRICS = (
-    "val/auroc_best",
-    "test/auroc",
-    "test/acc",
-    "test/sensitivity",
-    "test/specificity",
-    "test/f1",
-)
-# what repeats one configuration: pooled as repetitions, never as different settings
-REPEATS = ("seed", "data.fold")
+
+
+def metric_names() -> tuple[str, ...]:
+    """``loss`` and every score, in the order tables show them."""
+    return ("loss", *SCORES)
+
+
+def threshold_metrics() -> tuple[str, ...]:
+    """The scores that depend on the decision threshold (reported at 0.5 too)."""
+    return tuple(name for name, score in SCORES.items() if not score.ranks)
+
+
+def hparam_metrics() -> tuple[str, ...]:
+    """The HParams table's metric columns: what a run is judged by."""
+    return ("val/auroc_best", *(f"test/{name}" for name in SCORES))
 
 
 def decide(probs: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
@@ -67,23 +78,21 @@ def decide(probs: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor
 def binary_metrics(
     probs: torch.Tensor, labels: torch.Tensor, threshold: float
 ) -> dict[str, torch.Tensor]:
-    """acc, auroc, f1, sensitivity, specificity of one evaluated set at ``threshold``.
+    """Every score of :data:`SCORES` on one evaluated set at ``threshold``.
 
-    AUROC is NaN when the set holds one class (it is undefined, not 0 or 0.5).
+    A ranking score (AUROC) is NaN when the set holds one class (it is undefined, not 0 or 0.5).
     """
     probs, labels = probs.float(), labels.long()
     preds = decide(probs, threshold).long()  # integer predictions: torchmetrics applies no rule
-    if labels.numel() and labels.min() != labels.max():
-        auroc = binary_auroc(probs, labels, validate_args=False)
-    else:
-        auroc = torch.tensor(math.nan)
-    return {
-        "acc": binary_accuracy(preds, labels, validate_args=False),
-        "auroc": auroc.to(probs.device),
-        "f1": binary_f1_score(preds, labels, validate_args=False),
-        "sensitivity": binary_recall(preds, labels, validate_args=False),
-        "specificity": binary_specificity(preds, labels, validate_args=False),
-    }
+    both = bool(labels.numel()) and bool(labels.min() != labels.max())
+    out = {}
+    for name, score in SCORES.items():
+        if score.ranks:
+            value = score.fn(probs, labels, validate_args=False) if both else torch.tensor(math.nan)
+        else:
+            value = score.fn(preds, labels, validate_args=False)
+        out[name] = value.to(probs.device)
+    return out
 
 
 def youden_threshold(probs: torch.Tensor, labels: torch.Tensor) -> float:

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy
 
-from xray_loss.metrics import binary_metrics, decide, youden_threshold
+from xray_loss.metrics import binary_metrics, decide, threshold_metrics, youden_threshold
 from xray_loss.threshold import choose, operating_point, parse_rule
 
 
@@ -224,7 +224,7 @@ class XrayClassifier(L.LightningModule):
         values = {"loss": result.loss, **values}
         if stage == "test":  # and at 0.5, to show what the chosen operating point changes
             at_half = binary_metrics(result.probs, result.labels, 0.5)
-            values.update({f"{k}@0.5": v for k, v in at_half.items() if k != "auroc"})
+            values.update({f"{k}@0.5": at_half[k] for k in threshold_metrics()})
         logged = {f"{stage}/{k}": v.to(self.device) for k, v in values.items()}
         self._log_epoch_as_step()
         # every rank holds the whole set, so the values agree; sync_dist only keeps Lightning

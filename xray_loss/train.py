@@ -26,7 +26,7 @@ from xray_loss.checks import check_config
 from xray_loss.config import setup_process
 from xray_loss.dashboard import write_experiment, write_session
 from xray_loss.identity import hyperparameters, run_configuration
-from xray_loss.metrics import METRICS
+from xray_loss.metrics import metric_names
 from xray_loss.runtime.ddp import LocalRanks, global_rank, share_cpu_threads
 from xray_loss.runtime.record import Interrupted, RunRecord, recorded_run
 from xray_loss.runtime.sweep import report_interruption
@@ -116,7 +116,7 @@ def print_summary(run_dir: Path, result: dict[str, Any], cfg: DictConfig) -> Non
         f"\nRun finished: best epoch {result['best_epoch']}, "
         f"val AUROC {result['best_val_auroc']:.4f}\n"
         f"Test (best checkpoint, threshold {result['threshold']:.3f}): "
-        + ", ".join(f"{m} {test.get(f'test/{m}', float('nan')):.4f}" for m in METRICS)
+        + ", ".join(f"{m} {test.get(f'test/{m}', float('nan')):.4f}" for m in metric_names())
         + f"\nRun directory: {run_dir}\n"
         f"TensorBoard:   make tensorboard SWEEP={run_dir}",
         flush=True,

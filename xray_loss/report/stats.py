@@ -23,12 +23,16 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
-from xray_loss.metrics import METRICS
+from xray_loss.metrics import metric_names
 from xray_loss.report.records import completed_records, time_stopped
 from xray_loss.report.runs import Run, configurations, confounds, value
 
 ECE_BINS = 10  # the reliability diagram and the ECE use the same bins
-SUMMARY_KEYS = ("best_val_auroc", *(f"test_{m}" for m in METRICS))
+
+
+def summary_keys() -> tuple[str, ...]:
+    """The values a configuration's row averages over its repeats."""
+    return ("best_val_auroc", *(f"test_{m}" for m in metric_names()))
 
 
 def auroc(labels: np.ndarray, probs: np.ndarray) -> float:
@@ -122,7 +126,7 @@ def summarise(records: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, 
         trained = sorted(int(r["epochs_trained"]) for r in stopped if "epochs_trained" in r)
         row: dict[str, Any] = {**head, "n": len(members), "stopped_by_max_time": len(stopped)}
         row["max_time_epochs"] = trained
-        for key in SUMMARY_KEYS:
+        for key in summary_keys():
             row[f"{key}_mean"], row[f"{key}_std"] = mean_std([_metric(r, key) for r in members])
         rows.append(row)
     return cols, rows
@@ -182,7 +186,7 @@ def summary_rows(runs: list[Run], n_boot: int = 1000) -> tuple[list[str], list[d
     rows = []
     for row, (_, members) in zip(summary, groups, strict=True):
         row.update({key: value(members[0].record, key) for key in confounded})
-        for m in METRICS:
+        for m in metric_names():
             row[f"{m}_mean"], row[f"{m}_std"] = row.pop(f"test_{m}_mean"), row.pop(f"test_{m}_std")
         row["val_auroc_mean"], _ = row.pop("best_val_auroc_mean"), row.pop("best_val_auroc_std")
         aurocs = [a for a in (r.test("auroc") for r in members) if not math.isnan(a)]

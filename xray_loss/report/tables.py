@@ -7,11 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from xray_loss.metrics import METRICS
+from xray_loss.metrics import SCORES
 from xray_loss.report.runs import format_value
-
-TABLE = [m for m in METRICS if m != "loss"]
-
 
 UNDEFINED = "-"  # summary.md's mark for a number that is undefined (one repeat's std) or absent
 
@@ -155,8 +152,10 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> list[str]:
     stopped = any(row.get("stopped_by_max_time") for row in rows)
     _, sizes_differ = _test_sentence(rows)
     header = [*cols, "n"] + (["test n"] if sizes_differ else [])
-    header += ["accuracy", "AUROC", "AUROC seed range", "AUROC 95% CI, test sampling"]
-    header += ["F1", "sensitivity", "specificity", "ECE", "val AUROC"]
+    for name, score in SCORES.items():  # AUROC with its seed range and test-sampling CI
+        header += [score.label or name]
+        header += ["AUROC seed range", "AUROC 95% CI, test sampling"] * (name == "auroc")
+    header += ["ECE", "val AUROC"]
     header += ["stopped by max_time †"] if stopped else []
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
@@ -164,15 +163,10 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> list[str]:
         if sizes_differ:
             cells.append(_test_size(row.get("test_images"), None, row.get("test_patients")))
         ci = f"[{_md(row['auroc_ci_low'])}, {_md(row['auroc_ci_high'])}]"
-        cells += [
-            _pm(row["acc_mean"], row["acc_std"]),
-            _pm(row["auroc_mean"], row["auroc_std"]),
-            _range(row),
-            UNDEFINED if math.isnan(row["auroc_ci_low"]) else ci,
-        ]
-        cells += [
-            _pm(row[f"{m}_mean"], row[f"{m}_std"]) for m in ("f1", "sensitivity", "specificity")
-        ]
+        for name in SCORES:
+            cells.append(_pm(row[f"{name}_mean"], row[f"{name}_std"]))
+            if name == "auroc":
+                cells += [_range(row), UNDEFINED if math.isnan(row["auroc_ci_low"]) else ci]
         cells += [_pm(row["ece_mean"], row.get("ece_std", math.nan)), _md(row["val_auroc_mean"])]
         cells += [_time_stopped(row)] if stopped else []
         if row.get("best"):
@@ -242,7 +236,7 @@ def write_summary(
     shown = [*cols, *confounded]
     columns = (
         [*shown, "n"]
-        + [f"{m}_{s}" for m in TABLE for s in ("mean", "std")]
+        + [f"{m}_{s}" for m in SCORES for s in ("mean", "std")]
         + ["auroc_seed_min", "auroc_seed_max", "auroc_ci_low", "auroc_ci_high", "auroc_ci_unit"]
         + ["ece_mean", "ece_std", "val_auroc_mean", "best", "stopped_by_max_time"]
         + ["test_images", "test_pneumonia", "test_patients"]
