@@ -4,16 +4,14 @@ each, and a second writer of a directory in use stops with a message instead."""
 from __future__ import annotations
 
 import csv
-import json
 import re
-import socket
-import subprocess
-import sys
 
 import pytest
 
 from tests.conftest import metrics, run_dirs
+from tests.test_dir_lock import hold, lock_is_free
 from tests.test_resume import start
+from xray_loss.runtime.rundirs import LOCK, OWNER
 
 pytestmark = pytest.mark.slow
 
@@ -21,12 +19,9 @@ SWEEP = ["-m", "debug=tiny", "loss=bce,ce", "epochs=1"]
 
 
 def test_identical_sweeps_started_at_once_keep_apart_and_a_second_writer_stops(workdir):
-    # a directory another live process writes to (its lock names it)
+    # a directory another live process writes to (it holds the lock, its owner file names it)
     held = workdir / "elsewhere"
-    held.mkdir()
-    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
-    lock = {"pid": owner.pid, "host": socket.gethostname(), "command": "an earlier sweep"}
-    (held / ".lock").write_text(json.dumps(lock))
+    owner = hold(held)
     try:
         first, second = start(workdir, *SWEEP), start(workdir, *SWEEP)
         third = start(workdir, *SWEEP, f"hydra.sweep.dir={held}")
@@ -39,14 +34,14 @@ def test_identical_sweeps_started_at_once_keep_apart_and_a_second_writer_stops(w
     assert f"{held} is in use by another sweep: pid {owner.pid} on this host" in (
         third.stderr.read()
     )
-    assert sorted(p.name for p in held.iterdir()) == [".lock"]  # it wrote nothing there
+    assert sorted(p.name for p in held.iterdir()) == [LOCK, OWNER]  # it wrote nothing there
 
     sweeps = sorted(p.parent for p in workdir.glob("logs/train/multirun/*/multirun.yaml"))
     assert len(sweeps) == 2
     # the same command (hash), its own directory each (time to the microsecond)
     assert len({s.name.split("_")[-1] for s in sweeps}) == 1
     for sweep in sweeps:
-        assert not (sweep / ".lock").exists()  # released at the end
+        assert lock_is_free(sweep)  # released at the end
         runs = run_dirs(sweep)
         assert sorted(r.name for r in runs) == ["loss=bce", "loss=ce"]  # the swept values
         for run in runs:

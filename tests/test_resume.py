@@ -15,6 +15,8 @@ import pytest
 import torch
 
 from tests.conftest import assert_ok, metrics, run_cli, run_dirs
+from tests.test_dir_lock import lock_is_free
+from xray_loss.runtime.rundirs import LOCK
 
 pytestmark = pytest.mark.slow
 
@@ -172,7 +174,8 @@ def test_resume_true_on_a_single_run_says_why_it_cannot(workdir):
     )
     # and neither started a run
     assert [p.name for p in run.parent.iterdir()] == [run.name]
-    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "metrics.json"]
+    left = sorted(p.name for p in run.iterdir() if p.name != LOCK)  # filelock 4 keeps .lock
+    assert left == ["checkpoints", "metrics.json"] and lock_is_free(run)
 
 
 def kill_at_step(proc: subprocess.Popen, root: Path, after: int, before: int) -> Path:

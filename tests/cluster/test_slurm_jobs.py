@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from tests.conftest import assert_ok, metrics, run_cli, run_dirs
+from tests.test_dir_lock import lock_is_free
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
@@ -173,6 +174,6 @@ def test_failed_jobs_are_recorded_while_the_others_complete(slurm, workdir):
     assert diverged["status"] == "diverged" and "Training diverged" in diverged["error"]
     assert bad["status"] == "failed" and "Invalid value lr=-1" in bad["error"]
     assert good["status"] == "completed" and float(good["test_auroc"]) > 0
-    assert not (sweep / ".lock").exists()
+    assert lock_is_free(sweep)
     slurm.wait_idle(timeout=30)
     assert slurm.squeue() == []

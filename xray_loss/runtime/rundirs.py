@@ -4,9 +4,11 @@ directory (``python -m xray_loss.runtime.rundirs URL <dir> <port>``: what ``make
 opens).
 Used by ``xray_loss.runtime.sweep.SweepBookkeeping``.
 
-A directory being written to holds ``.lock`` (owner pid, host, start, command), created
-atomically; a second live writer stops with a message naming the owner instead of mixing its
-files in, and a lock whose process is gone (same host) is stale and taken over.
+A directory being written to is locked with ``filelock`` (an flock on ``.lock``, a file filelock
+4 leaves in place when released, so that every contender locks the same one) and holds
+``.lock.owner`` (owner pid, host, start, command) while locked; a second writer stops with a
+message naming the owner instead of mixing its files in. The kernel frees the lock when its
+process ends, killed or not, so a lock left by a dead process is free again.
 """
 
 from __future__ import annotations
@@ -25,21 +27,25 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from filelock import BaseFileLock, FileLock, Timeout
 from omegaconf import DictConfig
 
 from xray_loss.config import run_dirname
-from xray_loss.runtime.record import RESUMABLE, now_iso, read_record
+from xray_loss.runtime.record import RESUMABLE, Status, now_iso, read_record, write_json_atomic
 from xray_loss.runtime.resume import resume_checkpoint
 
 log = logging.getLogger(__name__)
 
-LOCK = ".lock"
+LOCK = ".lock"  # the file filelock locks (a contender of filelock 3.x would truncate it)
+OWNER = ".lock.owner"  # who holds the lock: written by the holder, removed when it releases
+
+_held: dict[Path, tuple[int, BaseFileLock]] = {}  # lock file -> (holder pid, its lock)
 
 
 # Both stop the command with their message (exit status 1). They are SystemExit, not Exception:
 # Hydra turns an Exception raised in a callback into a warning and carries on.
 class DirectoryInUse(SystemExit):
-    """Another live process writes to the directory (its lock file names it)."""
+    """Another live process writes to the directory (its ``.lock.owner`` names it)."""
 
 
 class CannotResume(SystemExit):
@@ -65,36 +71,10 @@ def check_writable(path: Path) -> None:
         )
 
 
-def _process_start(pid: int) -> int | None:
-    """When process ``pid`` started (clock ticks since boot, Linux), or None if unknown."""
+def _owner(directory: Path) -> dict[str, Any] | None:
+    """What the holder of ``directory``'s lock wrote about itself (pid, host, start, command)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return int(fields[19]) if len(fields) > 19 else None
-
-
-def _alive(pid: int, started: int | None) -> bool:
-    """Process ``pid`` of this host still runs (and is the one that took the lock)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True  # no /proc: trust kill(0)
-    if stat[stat.rindex(")") + 2 :][:1] in ("Z", "X"):
-        return False  # a zombie has ended
-    return started is None or _process_start(pid) == started
-
-
-def _owner(path: Path) -> dict[str, Any] | None:
-    try:
-        owner = json.loads(path.read_text())
+        owner = json.loads((directory / OWNER).read_text())
     except (OSError, ValueError):
         return None
     return owner if isinstance(owner, dict) and "pid" in owner else None
@@ -102,62 +82,80 @@ def _owner(path: Path) -> dict[str, Any] | None:
 
 def lock_directory(directory: Path, what: str) -> Path:
     """Make this process the one writer of ``directory`` (``<directory>/.lock``); refuse with
-    ``DirectoryInUse`` while another live process holds it. Released at exit at the latest."""
+    ``DirectoryInUse`` while another process holds it. Held again by its holder at once;
+    released by ``unlock_directory``, at exit, or by the kernel when the process dies."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / LOCK
-    host = socket.gethostname()
+    key = path.absolute()
+    held = _held.get(key)
+    if held and held[0] == os.getpid():
+        return path  # ours already
+    lock = FileLock(path, thread_local=False)
+    deadline = time.monotonic() + 2
+    while True:
+        try:
+            lock.acquire(blocking=False)
+            break
+        except Timeout:
+            owner = _owner(directory)
+            # no owner file: being written or removed this instant, or unreadable
+            if owner is not None or time.monotonic() > deadline:
+                raise DirectoryInUse(_in_use(directory, what, owner)) from None
+            time.sleep(0.05)
+    _held[key] = (os.getpid(), lock)
+    host, left = socket.gethostname(), _owner(directory)  # left by a holder that was killed
+    if left and left.get("host") != host:
+        log.warning(
+            "%s: taking the lock pid %s on host %s left; if that process still runs, this file "
+            "system does not share locks between hosts, and both write here",
+            path,
+            left["pid"],
+            left.get("host"),
+        )
     me = {
         "pid": os.getpid(),
         "host": host,
         "started": now_iso(),
-        "pid_start": _process_start(os.getpid()),
         "command": " ".join(sys.argv),
     }
-    unreadable_since = None
-    while True:
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = _owner(path)
-            if owner is None:  # being written this instant, or left empty by a killed process
-                unreadable_since = unreadable_since or time.monotonic()
-                if time.monotonic() - unreadable_since < 2:
-                    time.sleep(0.05)
-                    continue
-                owner = {"pid": -1, "host": host, "pid_start": None}
-            if owner["pid"] == me["pid"] and owner.get("host") == host:
-                return path  # ours already
-            if owner.get("host") == host and not _alive(int(owner["pid"]), owner.get("pid_start")):
-                log.warning("%s: taking over the stale lock of pid %s (gone)", path, owner["pid"])
-                path.unlink(missing_ok=True)
-                continue
-            where = "this host" if owner.get("host") == host else f"host {owner.get('host')}"
-            raise DirectoryInUse(
-                f"{directory} is in use by another {what}: pid {owner['pid']} on {where}, since "
-                f"{owner.get('started', '?')} ({owner.get('command', '')}). Two writers would mix "
-                f"their runs' files, so this one stops. Wait until it ends"
-                + (
-                    ""
-                    if owner.get("host") == host
-                    else f", or if that process is gone (it cannot be checked from {host}), "
-                    f"delete {path}"
-                )
-                + "."
-            ) from None
-        with os.fdopen(fd, "w") as f:
-            json.dump(me, f)
-        atexit.register(unlock_directory, path)
-        return path
+    write_json_atomic(directory / OWNER, me)
+    atexit.register(unlock_directory, path)
+    return path
+
+
+def _in_use(directory: Path, what: str, owner: dict[str, Any] | None) -> str:
+    stop = "Two writers would mix their runs' files, so this one stops."
+    if owner is None:
+        return (
+            f"{directory} is in use by another {what} (it holds {directory / LOCK}; "
+            f"{directory / OWNER}, which names it, cannot be read). {stop} Wait until it ends."
+        )
+    host = socket.gethostname()
+    where = "this host" if owner.get("host") == host else f"host {owner.get('host')}"
+    # the lock goes with its process, killed or not; across hosts the file server frees it
+    wait = "Wait until it ends" + (
+        ""
+        if owner.get("host") == host
+        else " (if that host went down, until its file server frees the lock)"
+    )
+    return (
+        f"{directory} is in use by another {what}: pid {owner['pid']} on {where}, since "
+        f"{owner.get('started', '?')} ({owner.get('command', '')}). {stop} {wait}."
+    )
 
 
 def unlock_directory(path: Path | None) -> None:
-    """Remove the lock ``path`` if this process holds it."""
+    """Release the lock ``path`` (and remove its owner file) if this process holds it."""
     if path is None:
         return
-    owner = _owner(Path(path))
-    if owner and owner["pid"] == os.getpid() and owner.get("host") == socket.gethostname():
-        Path(path).unlink(missing_ok=True)
+    key = Path(path).absolute()
+    pid, lock = _held.get(key, (None, None))
+    if pid != os.getpid():
+        return  # not ours, or inherited by a forked child: its parent holds it
+    del _held[key]
+    (key.parent / OWNER).unlink(missing_ok=True)
+    lock.release()
 
 
 def new_sweep_dir(base: Path, key: str) -> Path:
@@ -202,7 +200,7 @@ def check_resumable(run_dir: Path) -> None:
             f"nothing to continue; start it without resume=true."
         )
     status = record.get("status")
-    if status == "completed":
+    if status == Status.COMPLETED:
         print(
             f"resume=true: {run_dir} completed ({record.get('finished', '?')}); nothing to "
             f"resume. Its results are in {run_dir / 'metrics.json'}.",
