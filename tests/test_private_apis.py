@@ -1,14 +1,8 @@
 """Every private attribute of a library this project uses, in one place, with why, pinned: when a
 release renames one, the test names it and what depends on it, instead of a resume that silently
-stops being exact.
+stops being exact. (The running training metrics of a mid-epoch checkpoint and last.ckpt's
+step go through public APIs now: tests/test_checkpoint_io.py.)
 
-- torchmetrics ``Metric._update_count``, ``Metric._defaults``, ``Metric._computed``, in
-  ``runtime/checkpointing.ResumeCheckpoint``: a mid-epoch checkpoint carries the running
-  training metrics; ``persistent(True)`` would put their states in the module's ``state_dict``
-  (every earlier checkpoint would then fail a strict load) and drops the update count.
-- Lightning ``ModelCheckpoint._last_global_step_saved``, in
-  ``runtime/checkpointing.LastCheckpoint.saved_at``: whether last.ckpt is already at the final
-  step; ``ModelCheckpoint`` keeps it only privately.
 - Lightning ``trainer.fit_loop.epoch_loop.batch_progress.is_last_batch``, in
   ``callbacks.fit_end`` and ``runtime/checkpointing.ResumeCheckpoint``: whether the epoch ran
   to its end (``max_time`` can cut it); there is no public flag.
@@ -20,29 +14,8 @@ from __future__ import annotations
 
 import lightning as L
 import optuna
-import pytest
-import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
-from torchmetrics.classification import BinaryAccuracy
 
 PINNED = "private API used by xray_loss (tests/test_private_apis.py lists why): "
-
-
-def test_torchmetrics_metric_keeps_its_update_count_defaults_and_cached_result():
-    metric = BinaryAccuracy()
-    assert hasattr(metric, "_defaults") and "tp" in metric._defaults, PINNED + "Metric._defaults"
-    metric.update(torch.tensor([1, 0]), torch.tensor([1, 1]))
-    assert metric._update_count == 1, PINNED + "Metric._update_count"
-    metric.compute()
-    assert metric._computed is not None, PINNED + "Metric._computed"
-    metric._computed = None  # what a restore does: the next compute() reads the states
-    assert float(metric.compute()) == pytest.approx(0.5)
-
-
-def test_model_checkpoint_remembers_the_step_of_its_last_save():
-    assert hasattr(ModelCheckpoint(), "_last_global_step_saved"), (
-        PINNED + "ModelCheckpoint._last_global_step_saved"
-    )
 
 
 def test_the_fit_loop_knows_whether_the_epoch_reached_its_last_batch():

@@ -13,6 +13,8 @@ import logging
 import os
 import random
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import move_data_to_device
 from torchmetrics import Metric
 
 from xray_loss.runtime.record import RunStopped, atomic_path
@@ -108,15 +111,37 @@ class LastCheckpoint(ModelCheckpoint):
             every_n_epochs=int(every_n_epochs),
             enable_version_counter=False,
         )
+        self._saved_at = 0  # no steps, nothing to save (as ModelCheckpoint counts)
+        self._noting = False
 
     @property
     def path(self) -> Path:
         return Path(self.dirpath) / self.FILENAME
 
     def saved_at(self) -> int:
-        """The global step of the newest save (ModelCheckpoint keeps it only privately:
-        tests/test_private_apis.py)."""
-        return int(self._last_global_step_saved)
+        """The global step of the newest save of last.ckpt this fit (0: none yet)."""
+        return self._saved_at
+
+    # ModelCheckpoint saves in these two hooks; a checkpoint saved while one runs is last.ckpt
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        with self._noting_saves():
+            super().on_train_epoch_end(trainer, pl_module)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        with self._noting_saves():
+            super().on_validation_end(trainer, pl_module)
+
+    @contextmanager
+    def _noting_saves(self) -> Iterator[None]:
+        self._noting = True
+        try:
+            yield
+        finally:
+            self._noting = False
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        if self._noting:
+            self._saved_at = trainer.global_step
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.saved_at() != trainer.global_step:  # the end, when off the cadence
@@ -245,13 +270,10 @@ class ResumeCheckpoint(L.Callback):
             self._rng = None
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
-        # torchmetrics' private state: tests/test_private_apis.py says why and pins it
         checkpoint["rng_states"] = rng_states()
-        checkpoint["metric_states"] = {
-            name: {
-                "updates": metric._update_count,
-                "states": {key: getattr(metric, key) for key in metric._defaults},
-            }
+        # not in the module's state_dict (non-persistent): every earlier checkpoint loads strictly
+        checkpoint["metric_states"] = {  # "updates": read by earlier versions of this callback
+            name: {"updates": metric.update_count, "states": metric.metric_state}
             for name, metric in pl_module.named_modules()
             if isinstance(metric, Metric)
         }
@@ -261,12 +283,15 @@ class ResumeCheckpoint(L.Callback):
         metrics = dict(pl_module.named_modules())
         for name, saved in checkpoint.get("metric_states", {}).items():
             metric = metrics.get(name)
-            if not isinstance(metric, Metric):
-                continue
-            for key, value in saved["states"].items():
-                current = getattr(metric, key)
-                if isinstance(value, torch.Tensor) and isinstance(current, torch.Tensor):
-                    value = value.to(current.device)
-                setattr(metric, key, value)
-            metric._update_count = int(saved["updates"])
-            metric._computed = None
+            if isinstance(metric, Metric):
+                restore_metric(metric, saved["states"])
+
+
+def restore_metric(metric: Metric, states: dict[str, Any]) -> None:
+    """Put a metric's saved ``metric_state`` back as it was: ``reset`` drops its cached result,
+    ``load_state_dict`` sets the states it is given, persistent or not. The update count starts
+    again from 0 (torchmetrics has no public setter): torchmetrics reads it only to warn about a
+    ``compute`` before any update and to average mean-reduced states in ``forward``, neither of
+    which the module's running metrics (sums, fed by ``update``, mid-epoch) meet."""
+    metric.reset()
+    metric.load_state_dict(move_data_to_device(states, metric.device), strict=True)
