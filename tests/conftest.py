@@ -1,22 +1,57 @@
-"""Shared test helpers: run the real command line in a child process, read run directories."""
+"""Shared test helpers: run the command line, read run directories and TensorBoard events."""
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
-import queue
-import signal
 import subprocess
 import sys
-import tempfile
-import threading
 from pathlib import Path
 
 import pytest
 
+from tests.in_process import run_in_process
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["debug=tiny"]
+
+# How the tests run the command line
+# ----------------------------------
+# run_cli(*args, module=..., cwd=...) is `python -m <module> args...` in `cwd` (logs/ and the
+# cache go there) and returns a subprocess.CompletedProcess: exit status, text stdout, stderr.
+#
+# In this process (tests/in_process.py), by default: the module's own __main__ block runs
+# through runpy with sys.argv set, so the overrides, Hydra's @hydra.main (-m multiruns on the
+# basic launcher, the Hydra callbacks of conf/hydra/default.yaml, the Optuna sweeper), config
+# errors (one sentence, exit 1) and exit codes are what a user gets; the process state a
+# command touches is put back afterwards. This saves the ~7 s of importing Lightning and torch
+# per command. Every other run_cli call of the suite runs this way.
+#
+# In a fresh interpreter (subprocess.run([sys.executable, "-m", ...])) where a separate process
+# is the point:
+# - by itself (_NEEDS_A_PROCESS), for arguments that run jobs in other processes: a parallel or
+#   cluster launcher (hydra/launcher=joblib: loky workers; submitit_local; slurm, as in
+#   tests/cluster) and DDP (trainer=ddp or a ddp strategy: the ranks are processes);
+# - run_cli(..., process=True): the smoke test of each entry point's real command line
+#   (tests/test_entry_points.py: train, eval, predict; tests/test_report.py:
+#   test_report_command_line for the report; tests/test_run_names.py for make tensorboard);
+# - tests that start their own processes: signals (SIGINT, SIGTERM, SIGKILL) and resume
+#   (tests/test_resume.py:start, tests/test_sweeps.py), simultaneous runs and sweeps
+#   (tests/test_train_cli.py, tests/test_concurrent_sweeps.py), what importing installs
+#   (tests/test_imports.py, tests/test_house.py), the SLURM cluster (tests/cluster).
+_LAUNCHERS_IN_PROCESS = ("basic",)
+
+
+def _needs_a_process(args: tuple[str, ...]) -> bool:
+    for arg in args:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key == "hydra/launcher" and value not in _LAUNCHERS_IN_PROCESS:
+            return True
+        if (key == "trainer" and value == "ddp") or (
+            key == "trainer.strategy" and value.startswith("ddp")
+        ):
+            return True
+    return False
 
 
 def run_cli(
@@ -25,12 +60,12 @@ def run_cli(
     module: str = "xray_loss.train",
     timeout: float = 600,
     env: dict | None = None,
+    process: bool = False,
 ) -> subprocess.CompletedProcess:
-    """``python -m <module> args...`` in ``cwd``; returns the finished process (text output).
+    """``python -m <module> args...`` in ``cwd``; returns the finished command (text output).
 
-    The process is forked from a pre-imported interpreter (tests/zygote.py), which saves the
-    ~7 s of importing Lightning per command; ``XRAY_LOSS_TEST_SUBPROCESS=1`` starts a fresh
-    interpreter instead.
+    In this process unless ``process`` or the arguments need one (see above); ``timeout``
+    bounds a subprocess (pytest-timeout bounds the rest).
     """
     full_env = {
         **os.environ,
@@ -39,67 +74,16 @@ def run_cli(
         **(env or {}),
     }
     full_env.pop("HYDRA_FULL_ERROR", None)
-    command = [sys.executable, "-m", module, *args]
-    # joblib's loky workers, started from a forked child, wait out a 300 s timeout at exit
-    joblib = any(a.startswith("hydra/launcher=joblib") for a in args)
-    if joblib or os.environ.get("XRAY_LOSS_TEST_SUBPROCESS") == "1":
+    if process or _needs_a_process(args):
         return subprocess.run(
-            command, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
-        )
-    return _ZYGOTE.run(command, module, list(args), cwd, full_env, timeout)
-
-
-class _Zygote:
-    """The client side of tests/zygote.py: one pre-imported interpreter per test session."""
-
-    def __init__(self) -> None:
-        self.proc: subprocess.Popen | None = None
-        self.replies: queue.Queue = queue.Queue()
-
-    def _start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "zygote.py")],
-            cwd=ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            [sys.executable, "-m", module, *args],
+            cwd=cwd,
+            capture_output=True,
             text=True,
+            timeout=timeout,
+            env=full_env,
         )
-        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
-        assert self.replies.get(timeout=300).get("ready"), "tests/zygote.py did not start"
-
-    def _read(self, proc: subprocess.Popen) -> None:
-        for line in proc.stdout:
-            self.replies.put(json.loads(line))
-
-    def run(self, command, module, args, cwd, env, timeout) -> subprocess.CompletedProcess:
-        if self.proc is None or self.proc.poll() is not None:
-            self._start()
-        with tempfile.TemporaryDirectory() as tmp:
-            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-            request = {"module": module, "args": args, "cwd": str(cwd), "env": env}
-            request.update(stdout=str(out), stderr=str(err))
-            self.proc.stdin.write(json.dumps(request) + "\n")
-            self.proc.stdin.flush()
-            pid = self.replies.get(timeout=60)["pid"]
-            try:
-                code = self.replies.get(timeout=timeout)["code"]
-            except queue.Empty:
-                os.killpg(pid, signal.SIGKILL)
-                self.replies.get(timeout=60)
-                raise subprocess.TimeoutExpired(command, timeout) from None
-            return subprocess.CompletedProcess(
-                command, code, out.read_text(errors="replace"), err.read_text(errors="replace")
-            )
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.stdin.close()
-            self.proc.wait(timeout=30)
-
-
-_ZYGOTE = _Zygote()
-atexit.register(_ZYGOTE.close)
+    return run_in_process(module, list(args), cwd=Path(cwd), env=full_env)
 
 
 def assert_ok(proc: subprocess.CompletedProcess) -> None:
