@@ -105,8 +105,20 @@ SCHEMA: dict[str, Key] = {
     "checkpoint_every_n_epochs": Key(B),
     "checkpoint_every_n_steps": Key(B),
     "module.": Key(B),  # wires the groups into the LightningModule: restates them
-    "callbacks.": Key(B),
     "logger.": Key(B),
+    # callbacks are settings (an EMA of the weights, the checkpoint's metric, the divergence
+    # guard, the time budget) but for those that write, show or resume
+    "callbacks.model_checkpoint.dirpath": Key(B),
+    "callbacks.model_checkpoint.filename": Key(B),
+    "callbacks.model_checkpoint.save_last": Key(B),
+    "callbacks.model_checkpoint.auto_insert_metric_name": Key(B),
+    "callbacks.last_checkpoint.": Key(B),
+    "callbacks.resume_checkpoint.": Key(B),
+    "callbacks.progress_bar.": Key(B),
+    "callbacks.sample_grid.": Key(B),
+    "callbacks.dashboard_layout.": Key(B),
+    "callbacks.test_report.": Key(B),
+    "callbacks.epoch_budgets.": Key(B),  # restates budgets and epochs_scale
     "data.batch_size": Key(B),  # = batch_size
     "data.seed": Key(B),  # = seed
     "optimizer.lr": Key(B),  # = lr
