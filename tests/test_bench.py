@@ -82,3 +82,21 @@ def test_augment_benchmark_prints_both_implementations():
                "--repeats", "1", cwd=ROOT)  # fmt: skip
     (row,) = [line.split() for line in out.splitlines() if line.split()[:1] == ["16"]]
     assert len(row) == 4 and row[3].endswith("x") and float(row[1]) > 0
+
+
+def test_recipe_benchmark_smoke(tmp_path):
+    root = make_kermany(tmp_path / "cx", test=False)
+    for label in ("NORMAL", "PNEUMONIA"):  # the official val/ folder: a few originals
+        (root / "val" / label).mkdir(parents=True)
+        for image in sorted((root / "train" / label).glob("*.jpeg"))[:3]:
+            (root / "val" / label / image.name.replace("-", "-9", 1)).write_bytes(
+                image.read_bytes()
+            )
+    common = ("--data-root", str(root), "--smoke", "--out", str(tmp_path / "out"))
+    out = _run(str(ROOT / "bench" / "recipe.py"), *common, "--levers", "recipe,tta", cwd=ROOT)
+    assert "yardstick: ResNet-18" in out
+    rows = [line for line in out.splitlines() if line.startswith("| recipe |")]
+    assert rows and rows[-1].split(" | ")[1] == "2"  # epochs trained
+    assert any(line.startswith("| tta (recipe, 5 shifts) |") for line in out.splitlines())
+    out = _run(str(ROOT / "bench" / "recipe.py"), *common, "--schedule", "1", cwd=ROOT)
+    assert "| before (epoch-sized), 1 min |" in out and "| after (budget-sized), 1 min |" in out
