@@ -98,3 +98,19 @@ def test_a_file_that_is_not_an_npz_of_arrays_is_named_without_unsafe_advice(tmp_
     message = str(err.value)
     assert str(path) in message and "not a valid PneumoniaMNIST npz" in message
     assert "allow_pickle" not in message and "trust" not in message
+
+
+@pytest.mark.slow
+def test_the_pneumoniamnist_cpu_recipe_runs_as_the_readme_says(tmp_path):
+    from tests.conftest import assert_ok, metrics, run_cli, run_dirs
+
+    make_pneumoniamnist(tmp_path / "npz", 28)
+    done = run_cli(
+        "experiment=pneumoniamnist_cpu", f"data.root={tmp_path / 'npz'}", "epochs=2", cwd=tmp_path
+    )
+    assert_ok(done)
+    (run,) = run_dirs(tmp_path / "logs")
+    record = metrics(run)
+    assert record["status"] == "completed" and record["config"]["image_size"] == 28
+    assert record["config"]["scheduler"] == "cosine" and record["final_lr"] == pytest.approx(0)
+    assert record["operating_point"]["rule"] == "youden"
