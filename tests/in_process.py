@@ -16,7 +16,8 @@ A command here runs as a fresh interpreter would run it, as far as the tests can
 - ``xray_loss.config.setup_process`` runs again (a new process has not run it yet), and the exit
   handlers the package registers (``atexit.register`` from ``xray_loss.*``: directory locks) run
   when the command ends, as they would at a process's exit;
-- afterwards everything is put back: cwd, os.environ, sys.argv, sys.path, sys.stdout/stderr,
+- afterwards everything is put back: cwd, os.environ, sys.argv, sys.path (and the modules
+  imported from the command's own entries, its cwd and PYTHONPATH), sys.stdout/stderr,
   file descriptors 1 and 2, Hydra's GlobalHydra/HydraConfig/JobRuntime singletons, loggers
   (levels, handlers, filters, propagation; the command's handlers are closed), signal
   handlers, warning filters, torch threads, deterministic and matmul settings, default dtype,
@@ -206,6 +207,8 @@ def _process_state(module: str, cwd: Path, env: dict[str, str]) -> Iterator[None
     saved_env = dict(os.environ)
     saved_argv, saved_path = list(sys.argv), list(sys.path)
     saved_module = sys.modules.pop(module, None)  # a fresh `python -m` has not imported it
+    imported = set(sys.modules)
+    added: list[str] = []  # the command's own entries of sys.path
     saved_hydra = (GlobalHydra.instance().hydra, HydraConfig.instance().cfg)
     saved_job = JobRuntime.instance().conf
     loggers = {
@@ -236,7 +239,8 @@ def _process_state(module: str, cwd: Path, env: dict[str, str]) -> Iterator[None
             os.environ.update(env)
             # `python -m` puts the working directory first on sys.path, then PYTHONPATH
             pythonpath = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-            sys.path[:0] = [os.getcwd(), *pythonpath]
+            added = [os.getcwd(), *pythonpath]
+            sys.path[:0] = added
             GlobalHydra.instance().clear()
             HydraConfig.instance().cfg = None
             _setup_process_again()
@@ -248,6 +252,7 @@ def _process_state(module: str, cwd: Path, env: dict[str, str]) -> Iterator[None
         sys.argv[:], sys.path[:] = saved_argv, saved_path
         if saved_module is not None:
             sys.modules[module] = saved_module
+        _forget_modules_from(added, saved_path, imported)
         GlobalHydra.instance().hydra, HydraConfig.instance().cfg = saved_hydra
         JobRuntime.instance().conf = saved_job
         for logger in _loggers():
@@ -265,6 +270,24 @@ def _process_state(module: str, cwd: Path, env: dict[str, str]) -> Iterator[None
         _restore_torch(torch_state)
         _restore_rng(rng)
         _restore_rc_params(rc)
+
+
+def _forget_modules_from(entries: list[str], path: list[str], imported: set[str]) -> None:
+    """Forget the modules the command imported from its working directory or PYTHONPATH (a
+    README example's my_heads.py): the next command imports its own, as a new process does.
+    Modules this process finds on its own sys.path (``path``), and submodules of packages
+    imported before (xray_loss.*), stay."""
+    roots = [Path(e).resolve() for e in entries]
+    kept = [Path(p or ".").resolve() for p in path]  # "": where this process started
+    for name in set(sys.modules) - imported:
+        file = getattr(sys.modules[name], "__file__", None)
+        if name.partition(".")[0] in imported or not file:
+            continue
+        file = Path(file).resolve()
+        if any(file.is_relative_to(r) for r in roots) and not any(
+            file.is_relative_to(k) for k in kept
+        ):
+            del sys.modules[name]
 
 
 def _print_warning(message, category, filename, lineno, file=None, line=None) -> None:
