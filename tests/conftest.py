@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -54,6 +55,14 @@ def _needs_a_process(args: tuple[str, ...]) -> bool:
     return False
 
 
+def cli_env(cwd: Path, env: dict | None = None) -> dict[str, str]:
+    """The environment of a command run in ``cwd``: this one, its decode cache in cwd/cache,
+    unbuffered output, no HYDRA_FULL_ERROR (errors as a user sees them), then ``env``."""
+    full = {**os.environ, "PYTHONUNBUFFERED": "1", "XRAY_LOSS_CACHE": str(cwd / "cache")}
+    full.pop("HYDRA_FULL_ERROR", None)
+    return {**full, **(env or {})}
+
+
 def run_cli(
     *args: str,
     cwd: Path,
@@ -67,13 +76,7 @@ def run_cli(
     In this process unless ``process`` or the arguments need one (see above); ``timeout``
     bounds a subprocess (pytest-timeout bounds the rest).
     """
-    full_env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "XRAY_LOSS_CACHE": str(cwd / "cache"),
-        **(env or {}),
-    }
-    full_env.pop("HYDRA_FULL_ERROR", None)
+    full_env = cli_env(cwd, env)
     if process or _needs_a_process(args):
         return subprocess.run(
             [sys.executable, "-m", module, *args],
@@ -84,6 +87,26 @@ def run_cli(
             env=full_env,
         )
     return run_in_process(module, list(args), cwd=Path(cwd), env=full_env)
+
+
+def start_cli(
+    cwd: Path,
+    *args: str,
+    module: str = "xray_loss.train",
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.PIPE,
+) -> subprocess.Popen:
+    """``python -m <module> args...`` started in ``cwd`` in a fresh interpreter, in a session
+    of its own (``os.killpg(proc.pid, ...)`` signals it and its children), text output."""
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=cli_env(cwd),
+        stdout=stdout,
+        stderr=stderr,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def assert_ok(proc: subprocess.CompletedProcess) -> None:
@@ -99,6 +122,36 @@ def run_dirs(root: Path) -> list[Path]:
 
 def metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
+
+
+def sweep_dirs(workdir: Path) -> list[Path]:
+    """Every sweep directory (one holding multirun.yaml) under ``workdir/logs``."""
+    return sorted(p.parent for p in workdir.glob("logs/*/multirun/*/multirun.yaml"))
+
+
+def sweep_summary(sweep_dir: Path) -> list[dict]:
+    """The rows of a sweep's sweep_summary.csv."""
+    with open(sweep_dir / "sweep_summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def events(run_dir: Path):
+    """A run's TensorBoard events (its directory, or one event file), every scalar, tensor
+    and image loaded."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    ea.Reload()
+    return ea
+
+
+def hparams_data(events_or_dir, tag: str):
+    """The HParams plugin's data under ``tag`` (``_hparams_/experiment``,
+    ``_hparams_/session_start_info``) of a run directory or its loaded ``events``."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    ea = events(events_or_dir) if isinstance(events_or_dir, str | Path) else events_or_dir
+    return plugin_data_pb2.HParamsPluginData.FromString(ea.PluginTagToContent("hparams")[tag])
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from xray_loss.data.phantom import generate_phantoms
@@ -69,6 +70,18 @@ def make_kermany(
     return root
 
 
+def kermany_cli(root: Path) -> list[str]:
+    """The overrides of a run on a fixture folder (make_kermany(test=False)): 32 px, a quarter
+    of train/ carved out as the test split, decoded in the main process."""
+    return [
+        "data=kermany",
+        f"data.root={root}",
+        "data.test_fraction=0.25",
+        "data.image_size=32",
+        "data.num_workers=0",
+    ]
+
+
 def kermany_datamodule(root: Path, tmp_path: Path, **kwargs):
     """A KermanyDataModule on a fixture folder at 32 px, its cache and split.csv in tmp_path."""
     from xray_loss.data.kermany import KermanyDataModule
@@ -81,6 +94,16 @@ def kermany_datamodule(root: Path, tmp_path: Path, **kwargs):
         batch_size=8,
         **kwargs,
     )
+
+
+def kermany_setup_error(root: Path, tmp_path: Path, **kwargs) -> str:
+    """The DataError message of setting up ``kermany_datamodule(root, tmp_path, **kwargs)`` for
+    fit (the test fails if it sets up without one)."""
+    from xray_loss.data.base import DataError
+
+    with pytest.raises(DataError) as err:
+        kermany_datamodule(root, tmp_path, **kwargs).setup("fit")
+    return str(err.value)
 
 
 def make_pneumoniamnist(
@@ -156,3 +179,17 @@ def tmpfs(path: Path, size: str = "64k", read_only: bool = False) -> Iterator[Pa
 
 def remount_ro(path: Path) -> None:
     subprocess.run(["mount", "-o", "remount,ro", str(path)], check=True)
+
+
+def train_steps(module, batches, steps: int):
+    """``steps`` plain training steps of an XrayClassifier through its own optimizer (groups),
+    then its probabilities on the last batch, in eval mode."""
+    optimizer = module.configure_optimizers()
+    module.train()
+    for x, y in batches[:steps]:
+        optimizer.zero_grad()
+        module.head.loss(module(x), y).backward()
+        optimizer.step()
+    module.eval()
+    with torch.no_grad():
+        return module.predict_proba(batches[-1][0])

@@ -15,6 +15,7 @@ from tests.fixtures import (
     NOT_UTF8,
     SHOWN,
     kermany_datamodule,
+    kermany_setup_error,
     make_kermany,
     make_pneumoniamnist,
     png_header_only,
@@ -38,9 +39,7 @@ def test_decompression_bombs_are_listed_with_the_unreadable_files_and_skipped(tm
     large = png_header_only(root / "train" / "PNEUMONIA" / "person900_virus_1.png", 10000, 10000)
     junk = root / "train" / "PNEUMONIA" / "person901_virus_2.jpeg"
     junk.write_text("not an image")
-    with pytest.raises(DataError) as err:
-        kermany_datamodule(root, tmp_path).setup("fit")
-    text = str(err.value)
+    text = kermany_setup_error(root, tmp_path)
     assert "3 image file(s) could not be read" in text
     assert f"{huge}: 196,000,000 pixels is over PIL's decompression-bomb limit" in text
     assert f"{large}: 100,000,000 pixels is over PIL's decompression-bomb limit" in text
@@ -62,9 +61,7 @@ def test_each_bad_file_is_named_once_without_the_decoders_stream_repr(tmp_path, 
     text_file.write_text("not an image")
     odd = root / "train" / "NORMAL" / NOT_UTF8
     odd.write_text("not an image either")
-    with pytest.raises(DataError) as err:
-        kermany_datamodule(root, tmp_path).setup("fit")
-    text = str(err.value)
+    text = kermany_setup_error(root, tmp_path)
     lines = {line.strip() for line in text.splitlines() if line.startswith("  ")}
     assert lines == {
         f"{truncated}: Truncated File Read",
@@ -112,9 +109,7 @@ def test_a_kermany_split_left_with_one_class_after_skipping_stops_at_setup(tmp_p
     normals = sorted((root / "test" / "NORMAL").glob("*.jpeg"))
     for path in normals:
         path.write_text("unreadable")
-    with pytest.raises(DataError) as err:
-        kermany_datamodule(root, tmp_path, skip_bad_files=True).setup("fit")
-    text = str(err.value)
+    text = kermany_setup_error(root, tmp_path, skip_bad_files=True)
     assert text.startswith(f"The test split ({root}/test/, after skipping {len(normals)} ")
     assert "holds only PNEUMONIA images, no NORMAL image" in text
     assert "a split needs both classes" in text

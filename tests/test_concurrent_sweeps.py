@@ -3,14 +3,12 @@ each, and a second writer of a directory in use stops with a message instead."""
 
 from __future__ import annotations
 
-import csv
 import re
 
 import pytest
 
-from tests.conftest import metrics, run_dirs
+from tests.conftest import metrics, run_dirs, start_cli, sweep_dirs, sweep_summary
 from tests.test_dir_lock import hold, lock_is_free
-from tests.test_resume import start
 from xray_loss.runtime.rundirs import LOCK, OWNER
 
 pytestmark = pytest.mark.slow
@@ -23,8 +21,8 @@ def test_identical_sweeps_started_at_once_keep_apart_and_a_second_writer_stops(w
     held = workdir / "elsewhere"
     owner = hold(held)
     try:
-        first, second = start(workdir, *SWEEP), start(workdir, *SWEEP)
-        third = start(workdir, *SWEEP, f"hydra.sweep.dir={held}")
+        first, second = start_cli(workdir, *SWEEP), start_cli(workdir, *SWEEP)
+        third = start_cli(workdir, *SWEEP, f"hydra.sweep.dir={held}")
         for proc in (first, second):
             assert proc.wait(timeout=300) == 0, proc.stderr.read()[-3000:]
         assert third.wait(timeout=300) == 1
@@ -36,7 +34,7 @@ def test_identical_sweeps_started_at_once_keep_apart_and_a_second_writer_stops(w
     )
     assert sorted(p.name for p in held.iterdir()) == [LOCK, OWNER]  # it wrote nothing there
 
-    sweeps = sorted(p.parent for p in workdir.glob("logs/train/multirun/*/multirun.yaml"))
+    sweeps = sweep_dirs(workdir)
     assert len(sweeps) == 2
     # the same command (hash), its own directory each (time to the microsecond)
     assert len({s.name.split("_")[-1] for s in sweeps}) == 1
@@ -55,6 +53,5 @@ def test_identical_sweeps_started_at_once_keep_apart_and_a_second_writer_stops(w
             }
             assert len(writers) == 1, sorted(p.name for p in run.glob("events.out.tfevents.*"))
             assert not list(run.glob("checkpoints/*-v*.ckpt"))
-        with open(sweep / "sweep_summary.csv") as f:
-            rows = list(csv.DictReader(f))
+        rows = sweep_summary(sweep)
         assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}

@@ -10,11 +10,19 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
-from tensorboard.plugins.hparams import plugin_data_pb2
 
-from tests.conftest import ROOT, TINY, assert_ok, metrics, run_cli, run_dirs
+from tests.conftest import (
+    ROOT,
+    TINY,
+    assert_ok,
+    events,
+    hparams_data,
+    metrics,
+    run_cli,
+    run_dirs,
+    sweep_summary,
+)
 from xray_loss.data.phantom import generate_phantoms
 
 pytestmark = pytest.mark.slow
@@ -95,17 +103,6 @@ def test_the_data_source_example_trains_on_its_csv(tmp_path):
     assert {p["file"] for p in predicted} == {r["file"] for r in rows if r["split"] == "test"}
 
 
-def events(run: Path) -> EventAccumulator:
-    ea = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
-    ea.Reload()
-    return ea
-
-
-def hparams(ea: EventAccumulator, tag: str):
-    content = ea.PluginTagToContent("hparams")[tag]
-    return plugin_data_pb2.HParamsPluginData.FromString(content)
-
-
 def test_the_metric_example_reaches_tensorboard_the_records_and_summary(tmp_path, monkeypatch):
     from torchmetrics.functional.classification import binary_precision
 
@@ -129,11 +126,10 @@ def test_the_metric_example_reaches_tensorboard_the_records_and_summary(tmp_path
         assert "val precision" in titles
     experiment = [r for r in runs if any(r.glob("*tfevents*.experiment"))]
     (host,) = experiment
-    ea = EventAccumulator(str(next(host.glob("*tfevents*.experiment"))))
-    ea.Reload()
-    columns = {m.name.tag for m in hparams(ea, "_hparams_/experiment").experiment.metric_infos}
+    ea = events(next(host.glob("*tfevents*.experiment")))
+    columns = {m.name.tag for m in hparams_data(ea, "_hparams_/experiment").experiment.metric_infos}
     assert "test/precision" in columns
-    summary = (sweep / "sweep_summary.csv").read_text().splitlines()[0].split(",")
+    summary = list(sweep_summary(sweep)[0])  # the columns
     assert "test_precision" in summary
     report([str(sweep), "--out", str(tmp_path / "report")])
     table = (tmp_path / "report" / "summary.md").read_text()
@@ -152,7 +148,7 @@ def test_the_axis_example_names_a_column_everywhere(tmp_path, monkeypatch):
     runs = run_dirs(sweep)
     assert sorted(metrics(r)["config"]["dropout"] for r in runs) == [0.0, 0.3]
     for run in runs:
-        start = hparams(events(run), "_hparams_/session_start_info").session_start_info
+        start = hparams_data(run, "_hparams_/session_start_info").session_start_info
         assert start.hparams["dropout"].number_value == metrics(run)["config"]["dropout"]
     report([str(sweep), "--out", str(tmp_path / "report")])
     table = (tmp_path / "report" / "summary.md").read_text()

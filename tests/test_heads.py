@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
+from tests.fixtures import train_steps
 from xray_loss.heads import BCEHead, CEHead, FocalHead
 from xray_loss.module import XrayClassifier
 
@@ -99,18 +100,6 @@ def _module(head: str, optimizer: dict, seed: int = 0) -> XrayClassifier:
     return XrayClassifier(backbone=TINY_BACKBONE, head=HEADS[head], optimizer=optimizer)
 
 
-def _train(module: XrayClassifier, batches, steps: int) -> torch.Tensor:
-    optimizer = module.configure_optimizers()
-    module.train()
-    for x, y in batches[:steps]:
-        optimizer.zero_grad()
-        module.head.loss(module(x), y).backward()
-        optimizer.step()
-    module.eval()
-    with torch.no_grad():
-        return module.predict_proba(batches[-1][0])
-
-
 OPTIMIZERS = {
     "sgd_momentum": {"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.05, "momentum": 0.9},
     "adam": {"_target_": "torch.optim.Adam", "_partial_": True, "lr": 3e-3},
@@ -133,7 +122,7 @@ def test_matched_heads_train_identically(optimizer, head, twin):
     b = _module(twin, OPTIMIZERS[optimizer])
     for pa, pb in zip(a.backbone.parameters(), b.backbone.parameters(), strict=True):
         assert torch.equal(pa, pb)  # same backbone initialisation
-    pa, pb = _train(a, batches, 12), _train(b, batches, 12)
+    pa, pb = train_steps(a, batches, 12), train_steps(b, batches, 12)
     assert (pa - 0.5).abs().max() > 0.01  # it did learn something
     torch.testing.assert_close(pa, pb, atol=2e-5, rtol=0)
 
@@ -148,6 +137,6 @@ def test_unmatched_heads_do_not_train_identically():
         )
         for _ in range(13)
     ]
-    pa = _train(_module("ce", OPTIMIZERS["adam"]), batches, 12)
-    pb = _train(_module("bce", OPTIMIZERS["adam"]), batches, 12)
+    pa = train_steps(_module("ce", OPTIMIZERS["adam"]), batches, 12)
+    pb = train_steps(_module("bce", OPTIMIZERS["adam"]), batches, 12)
     assert (pa - pb).abs().max() > 1e-3

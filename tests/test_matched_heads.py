@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from tests.conftest import assert_ok, metrics, run_cli, run_dirs
+from tests.fixtures import train_steps
 from xray_loss.checks import check_config
 from xray_loss.config import ConfigError, register_resolvers
 from xray_loss.data.phantom import PhantomDataModule
@@ -78,15 +79,7 @@ def _batches(n: int = 13):
 def _train(module: XrayClassifier, batches, steps: int = 12) -> torch.Tensor:
     """Plain loop through the module's own optimizer groups; dropout masks from seed 2."""
     torch.manual_seed(2)
-    optimizer = module.configure_optimizers()
-    module.train()
-    for x, y in batches[:steps]:
-        optimizer.zero_grad()
-        module.head.loss(module(x), y).backward()
-        optimizer.step()
-    module.eval()
-    with torch.no_grad():
-        return module.predict_proba(batches[-1][0])
+    return train_steps(module, batches, steps)
 
 
 def _refused(head: str, optimizer: str) -> bool:

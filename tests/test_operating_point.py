@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import assert_ok, metrics, run_cli, run_dirs
-from tests.fixtures import make_kermany, make_labeled_folder, remount_ro, tmpfs
+from tests.fixtures import kermany_cli, make_kermany, make_labeled_folder, remount_ro, tmpfs
 from xray_loss.metrics import binary_metrics
 from xray_loss.threshold import (
     SMALL_SAMPLE_COVERAGE,
@@ -243,11 +243,7 @@ def test_source_and_rule_round_trip_through_checkpoint_metrics_eval_and_predict(
     site = make_labeled_folder(workdir / "site", n_normal=12, n_pneumonia=12, seed=9)
     assert_ok(
         run_cli(
-            "data=kermany",
-            f"data.root={root}",
-            "data.test_fraction=0.25",
-            "data.image_size=32",
-            "data.num_workers=0",
+            *kermany_cli(root),
             "model.backbone.widths=[8,16]",
             "batch_size=16",
             "epochs=3",

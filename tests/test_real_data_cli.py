@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tests.conftest import assert_ok, metrics, run_cli, run_dirs
-from tests.fixtures import make_kermany, make_labeled_folder, make_pneumoniamnist
+from tests.fixtures import kermany_cli, make_kermany, make_labeled_folder, make_pneumoniamnist
 
 pytestmark = pytest.mark.slow
 
@@ -24,11 +24,7 @@ SMALL = [
 def test_kermany_run_logs_splits_writes_csv_and_hits_the_cache_next_time(workdir):
     root = make_kermany(workdir / "chest_xray", test=False)
     args = [
-        "data=kermany",
-        f"data.root={root}",
-        "data.test_fraction=0.25",
-        "data.image_size=32",
-        "data.num_workers=0",
+        *kermany_cli(root),
         "epochs=2",
         "loss.pos_weight=auto",
         *SMALL,
@@ -85,11 +81,7 @@ def test_cold_and_warm_cache_runs_end_identical_and_matched_twins_agree_on_a_col
     main process (num_workers=0), a cold-cache and a warm-cache run end with the same weights."""
     root = make_kermany(workdir / "chest_xray", test=False)
     args = [
-        "data=kermany",
-        f"data.root={root}",
-        "data.test_fraction=0.25",
-        "data.image_size=32",
-        "data.num_workers=0",
+        *kermany_cli(root),
         "epochs=2",
         "lr=3e-3",
         *SMALL,
@@ -125,11 +117,7 @@ def test_eval_scores_exactly_the_runs_test_images_and_refuses_others(workdir):
     for i, copy in enumerate(sorted((root / "val" / "PNEUMONIA").iterdir())[:2]):
         shutil.copy(copy, root / "train" / "PNEUMONIA" / f"person{700 + i}_virus_{700 + i}.jpeg")
     args = [
-        "data=kermany",
-        f"data.root={root}",
-        "data.test_fraction=0.25",
-        "data.image_size=32",
-        "data.num_workers=0",
+        *kermany_cli(root),
         "threshold.source=folder",
         "threshold.rule=youden",
         "epochs=2",

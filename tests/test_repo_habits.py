@@ -32,6 +32,14 @@ def _tool(name: str) -> str | None:
     return shutil.which(name)
 
 
+def _tool_or_skip(name: str, how: str) -> str:
+    """``_tool(name)``, or skip the test, saying ``how`` to install it."""
+    tool = _tool(name)
+    if tool is None:
+        pytest.skip(f"{name} is not installed ({how})")
+    return tool
+
+
 def _run(cmd: list[str], cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess:
     # GIT_* variables (set when this runs inside a git hook) would point git at another repo.
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
@@ -105,17 +113,13 @@ def test_workflow_runs_lint_and_tests_on_both_pythons():
 
 def test_workflow_matches_github_schema():
     """GitHub's workflow JSON schema, as vendored in check-jsonschema (no network needed)."""
-    tool = _tool("check-jsonschema")
-    if tool is None:
-        pytest.skip("check-jsonschema is not installed (pip install check-jsonschema)")
+    tool = _tool_or_skip("check-jsonschema", "pip install check-jsonschema")
     proc = _run([tool, "--builtin-schema", "vendor.github-workflows", str(WORKFLOW)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 def test_workflow_passes_actionlint():
-    tool = _tool("actionlint")
-    if tool is None:
-        pytest.skip("actionlint is not installed (its PyPI wrapper downloads it from GitHub)")
+    tool = _tool_or_skip("actionlint", "its PyPI wrapper downloads it from GitHub")
     proc = _run([tool, "-no-color", str(WORKFLOW)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -181,9 +185,7 @@ def test_pre_commit_config_has_the_expected_hooks():
 
 
 def test_pre_commit_config_validates():
-    tool = _tool("pre-commit")
-    if tool is None:
-        pytest.skip("pre-commit is not installed (pip install pre-commit)")
+    tool = _tool_or_skip("pre-commit", "pip install pre-commit")
     proc = _run([tool, "validate-config", str(PRE_COMMIT_CONFIG)])
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -209,9 +211,7 @@ def test_pre_commit_passes_on_the_working_tree(tmp_path):
     """`pre-commit run --all-files` on a copy of the working tree: the hooks' fixers rewrite the
     copy, never this checkout. About 1 s once the hook environments exist; the first run
     installs them from PyPI (~20 s) and the test skips when that fails (offline)."""
-    tool = _tool("pre-commit")
-    if tool is None:
-        pytest.skip("pre-commit is not installed (pip install pre-commit)")
+    tool = _tool_or_skip("pre-commit", "pip install pre-commit")
     if shutil.which("git") is None:
         pytest.skip("git is not installed")
     repo = tmp_path / "repo"

@@ -7,14 +7,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import assert_ok, metrics, run_cli, run_dirs
+from tests.conftest import assert_ok, metrics, run_cli, run_dirs, start_cli
 from tests.test_dir_lock import lock_is_free
 from xray_loss.runtime.rundirs import LOCK
 
@@ -32,20 +31,6 @@ ARGS = [
     "model.backbone.dropout=0.3",
 ]
 STEPS_PER_EPOCH = 256 // 16
-
-
-def start(workdir: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XRAY_LOSS_CACHE": str(workdir / "cache")}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "xray_loss.train", *args],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
 
 
 def newest_checkpoint(root: Path) -> Path | None:
@@ -82,19 +67,19 @@ def step_of(checkpoint: Path) -> int:
 
 
 def test_a_run_killed_twice_and_resumed_ends_bit_for_bit_as_the_uninterrupted_one(workdir):
-    reference = start(workdir, *ARGS, "name=reference")
+    reference = start_cli(workdir, *ARGS, "name=reference")
     # the interrupted run writes last.ckpt every 3 epochs (and at the end), the reference
     # every epoch: the cadence changes what a resume repeats, never the result
     args = [*ARGS, "checkpoint_every_n_epochs=3"]
     # 1. killed after an epoch's end (resumes from last.ckpt: the next epoch's order and RNG)
-    proc = start(workdir, *args)
+    proc = start_cli(workdir, *args)
     first = kill_when_newest(proc, workdir, "last.ckpt", after=None)
     run = first.parent.parent
     assert step_of(first) == 3 * STEPS_PER_EPOCH
     assert metrics(run)["status"] == "running"
     first_started = metrics(run)["started"]
     # 2. resumed, then killed mid-epoch (resumes from resume.ckpt: the rest of that epoch)
-    proc = start(workdir, *args, "resume=true")
+    proc = start_cli(workdir, *args, "resume=true")
     second = kill_when_newest(proc, workdir, "resume.ckpt", after=first)
     assert second.parent.parent == run and step_of(second) % STEPS_PER_EPOCH != 0
     assert reference.wait(timeout=240) == 0, reference.stderr.read()[-3000:]
@@ -163,8 +148,8 @@ def test_resume_true_on_a_single_run_says_why_it_cannot(workdir):
     run = workdir / "logs" / "train" / "runs" / "2026-01-02_03-04-05-000006_epochs=1,lr=0.005"
     (run / "checkpoints").mkdir(parents=True)
     (run / "metrics.json").write_text(json.dumps({"status": "running"}))
-    none = start(workdir, "debug=tiny", "epochs=1", "lr=0.003", "resume=true")
-    early = start(workdir, "debug=tiny", "epochs=1", "lr=0.005", "resume=true")
+    none = start_cli(workdir, "debug=tiny", "epochs=1", "lr=0.003", "resume=true")
+    early = start_cli(workdir, "debug=tiny", "epochs=1", "lr=0.005", "resume=true")
     assert none.wait(timeout=120) == 1 and early.wait(timeout=120) == 1
     message = "resume=true: no earlier run with overrides epochs=1,lr=0.003 under logs/train/runs/"
     assert message in none.stderr.read()
@@ -215,10 +200,10 @@ def test_two_kills_in_one_epoch_with_worker_processes_end_as_a_run_without_worke
     ]
     assert_ok(run_cli(*args, "data.num_workers=0", "name=reference", cwd=workdir))
     workers = [*args, "data.num_workers=2"]
-    first = kill_at_step(start(workdir, *workers), workdir, 0, STEPS_PER_EPOCH // 2)
+    first = kill_at_step(start_cli(workdir, *workers), workdir, 0, STEPS_PER_EPOCH // 2)
     first_step = step_of(first)
     second = kill_at_step(
-        start(workdir, *workers, "resume=true"), workdir, first_step, STEPS_PER_EPOCH
+        start_cli(workdir, *workers, "resume=true"), workdir, first_step, STEPS_PER_EPOCH
     )
     assert step_of(second) > first_step
     assert_ok(run_cli(*workers, "resume=true", cwd=workdir))
@@ -241,7 +226,7 @@ def test_two_kills_in_one_epoch_with_worker_processes_end_as_a_run_without_worke
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_ends_a_run_as_interrupted_with_the_command_that_continues_it(workdir, sig, code):
     args = ["debug=tiny", "epochs=40", "threads=1"]
-    proc = start(workdir, *args)
+    proc = start_cli(workdir, *args)
     deadline = time.monotonic() + 240
     while not list(workdir.glob("logs/train/runs/*/checkpoints/last.ckpt")):
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-3000:]

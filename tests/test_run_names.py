@@ -14,12 +14,11 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pytest
 import yaml
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
-from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+from tensorboard.plugins.hparams import api_pb2
 from torch.utils.tensorboard.writer import FileWriter
 
-from tests.conftest import assert_ok, run_cli
+from tests.conftest import assert_ok, hparams_data, run_cli
 from xray_loss.dashboard import EXPERIMENT_SUFFIX, sweep_axes, write_experiment, write_session
 from xray_loss.runtime.rundirs import job_dirname, tensorboard_runs, tensorboard_url
 from xray_loss.runtime.sweep import held_keys
@@ -33,12 +32,6 @@ def tensorboard_run_names(logdir: Path) -> set[str]:
     multiplexer = EventMultiplexer()
     multiplexer.AddRunsFromDirectory(str(logdir))
     return set(multiplexer.Runs())
-
-
-def hparams_data(run_dir: Path, tag: str) -> plugin_data_pb2.HParamsPluginData:
-    ea = EventAccumulator(str(run_dir))
-    ea.Reload()
-    return plugin_data_pb2.HParamsPluginData.FromString(ea.PluginTagToContent("hparams")[tag])
 
 
 def domain(info: api_pb2.HParamInfo) -> list:

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,7 +15,15 @@ import optuna
 import pytest
 import torch
 
-from tests.conftest import assert_ok, metrics, run_cli, run_dirs
+from tests.conftest import (
+    assert_ok,
+    metrics,
+    run_cli,
+    run_dirs,
+    start_cli,
+    sweep_dirs,
+    sweep_summary,
+)
 from tests.fixtures import make_kermany
 from xray_loss.report.runs import identity, load_runs
 from xray_loss.report.stats import summarise
@@ -25,18 +32,9 @@ from xray_loss.runtime.optuna_pruning import OptunaPruning
 pytestmark = pytest.mark.slow
 
 
-def summary(sweep_dir: Path) -> list[dict]:
-    with open(sweep_dir / "sweep_summary.csv") as f:
-        return list(csv.DictReader(f))
-
-
-def sweep_dirs(workdir: Path) -> list[Path]:
-    return sorted(p.parent for p in workdir.glob("logs/*/multirun/*/multirun.yaml"))
-
-
 def test_debug_full_grid_writes_every_run_and_a_complete_summary(study_sweep):
     # study_sweep: python -m xray_loss.train -m experiment=full_grid debug=sweep seeds=2
-    rows = summary(study_sweep)
+    rows = sweep_summary(study_sweep)
     assert len(rows) == 36 and {r["status"] for r in rows} == {"completed"}
     assert all(r["test_auroc"] and r["best_val_auroc"] for r in rows)
     names = {r["job"] for r in rows}
@@ -58,23 +56,14 @@ def test_a_diverging_job_is_recorded_and_fails_the_sweep_after_the_others(workdi
     assert proc.returncode != 0
     assert "1 job(s) failed" in proc.stderr and "lr=10: diverged" in proc.stderr
     (sweep,) = sweep_dirs(workdir)
-    status = {r["job"]: (r["status"], r["error"]) for r in summary(sweep)}
+    status = {r["job"]: (r["status"], r["error"]) for r in sweep_summary(sweep)}
     assert status["lr=0.001"][0] == "completed"  # named by what varies: epochs=2 is held
     assert status["lr=10"][0] == "diverged" and "Training diverged" in status["lr=10"][1]
 
 
 def test_resume_skips_finished_jobs_and_continues_interrupted_ones(workdir):
     args = ["-m", "debug=tiny", "loss=bce,ce", "seed=0,1", "epochs=3"]
-    cmd = [sys.executable, "-m", "xray_loss.train", *args]
-    env = {**os.environ, "XRAY_LOSS_CACHE": str(workdir / "cache")}
-    proc = subprocess.Popen(
-        cmd,
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        env=env,
-    )
+    proc = start_cli(workdir, *args, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline:
         done = [r for r in run_dirs(workdir / "logs") if metrics(r)["status"] == "completed"]
@@ -99,7 +88,7 @@ def test_resume_skips_finished_jobs_and_continues_interrupted_ones(workdir):
 
     assert_ok(run_cli(*args, "resume=true", cwd=workdir))
     assert sweep_dirs(workdir) == [sweep]
-    rows = summary(sweep)
+    rows = sweep_summary(sweep)
     assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
     for name, stamp in finished.items():
         assert metrics(sweep / name)["finished"] == stamp, f"{name} was run again"
@@ -163,7 +152,7 @@ def test_optuna_search_with_sqlite_storage_resumes_its_study(workdir):
     assert all(
         set(t.params) == {"lr", "batch_size", "optimizer.weight_decay", "loss"} for t in finished
     )
-    assert len(summary(sweep)) == 5 and (sweep / "optuna_best.yaml").exists()
+    assert len(sweep_summary(sweep)) == 5 and (sweep / "optuna_best.yaml").exists()
     for t in finished:
         if t.state == optuna.trial.TrialState.COMPLETE:
             record = metrics(sweep / f"trial_{t._trial_id}")
@@ -206,7 +195,7 @@ def test_parallel_and_cluster_launchers(workdir, launcher):
     )
     assert_ok(proc)
     (sweep,) = sweep_dirs(workdir)
-    rows = summary(sweep)
+    rows = sweep_summary(sweep)
     assert sorted(r["job"] for r in rows) == ["loss=bce", "loss=ce"]
     assert {r["status"] for r in rows} == {"completed"}
 
@@ -260,7 +249,7 @@ def test_cross_validation_folds_are_aggregated(workdir):
     )
     assert_ok(proc)
     (sweep,) = sweep_dirs(workdir)
-    assert len(summary(sweep)) == 3
+    assert len(sweep_summary(sweep)) == 3
     with open(sweep / "sweep_aggregate.csv") as f:
         (row,) = list(csv.DictReader(f))
     assert row["n"] == "3" and float(row["test_auroc_std"]) >= 0

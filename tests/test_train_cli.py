@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins.hparams import plugin_data_pb2
 
-from tests.conftest import ROOT, TINY, assert_ok, metrics, run_cli, run_dirs
+from tests.conftest import (
+    ROOT,
+    TINY,
+    assert_ok,
+    events,
+    hparams_data,
+    metrics,
+    run_cli,
+    run_dirs,
+    start_cli,
+)
 from tests.fixtures import tmpfs
 from xray_loss.module import XrayClassifier
 
@@ -23,22 +28,13 @@ SCALARS = ["train/loss", "train/acc"] + [f"{s}/{m}" for s in ("val", "test") for
 HPARAMS = {"loss", "lr", "epochs", "batch_size", "model", "data", "seed"}
 
 
-def events(run_dir):
-    ea = EventAccumulator(str(run_dir), size_guidance={"images": 0, "scalars": 0})
-    ea.Reload()
-    return ea
-
-
 def hparams_of(ea) -> dict:
-    content = ea.PluginTagToContent("hparams")["_hparams_/session_start_info"]
-    data = plugin_data_pb2.HParamsPluginData.FromString(content)
-    return {k: v.string_value or v.number_value for k, v in data.session_start_info.hparams.items()}
+    hparams = hparams_data(ea, "_hparams_/session_start_info").session_start_info.hparams
+    return {k: v.string_value or v.number_value for k, v in hparams.items()}
 
 
 def metric_names_of(ea) -> set:
-    content = ea.PluginTagToContent("hparams")["_hparams_/experiment"]
-    data = plugin_data_pb2.HParamsPluginData.FromString(content)
-    return {m.name.tag for m in data.experiment.metric_infos}
+    return {m.name.tag for m in hparams_data(ea, "_hparams_/experiment").experiment.metric_infos}
 
 
 def test_a_run_leaves_metrics_checkpoints_and_tensorboard_logs(workdir):
@@ -139,13 +135,7 @@ def test_a_diverging_run_stops_in_its_first_epoch(workdir):
 
 
 def test_same_seed_same_metrics_and_simultaneous_runs_get_their_own_directories(workdir):
-    cmd = [sys.executable, "-m", "xray_loss.train", *TINY, "epochs=2", "seed=0"]
-    procs = [
-        subprocess.Popen(
-            cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        for _ in range(2)
-    ]
+    procs = [start_cli(workdir, *TINY, "epochs=2", "seed=0") for _ in range(2)]
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-3000:]
@@ -199,16 +189,9 @@ def test_a_run_stopped_by_the_clock_says_so_and_counts_complete_epochs_only(work
 
 
 def test_a_run_that_diverges_late_keeps_the_budgets_it_passed(workdir):
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "XRAY_LOSS_CACHE": str(workdir)}
+    env = {"PYTHONPATH": str(ROOT / "tests"), "XRAY_LOSS_CACHE": str(workdir)}
     late = ["+callbacks.late._target_=late_divergence.DivergeAt", "+callbacks.late.epoch=3"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "xray_loss.train", *TINY, "epochs=4", "budgets=[1,2,4]", *late],
-        cwd=workdir,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    proc = run_cli(*TINY, "epochs=4", "budgets=[1,2,4]", *late, cwd=workdir, env=env)
     assert proc.returncode != 0 and "injected in epoch 3" in proc.stderr
     (run,) = run_dirs(workdir / "logs")
     record = metrics(run)

@@ -7,13 +7,12 @@ project goes through ``hydra/launcher=slurm`` as a job array.
 
 from __future__ import annotations
 
-import csv
 import re
 import time
 
 import pytest
 
-from tests.conftest import assert_ok, metrics, run_cli, run_dirs
+from tests.conftest import assert_ok, metrics, run_cli, run_dirs, sweep_dirs, sweep_summary
 
 pytestmark = pytest.mark.slurm
 
@@ -144,7 +143,7 @@ def test_a_hydra_sweep_runs_as_one_job_array(slurm, workdir):
     # submitit followed its jobs through sacct (tests/cluster/bin/sacct), not blindly
     assert "Bypassing sacct error" not in proc.stdout + proc.stderr
 
-    (sweep,) = sorted(p.parent for p in workdir.glob("logs/*/multirun/*/multirun.yaml"))
+    (sweep,) = sweep_dirs(workdir)
     # one sbatch: an array of 4 tasks, <array id>_<task> each
     submitit = sweep / ".submitit"
     tasks = sorted(p.name for p in submitit.iterdir() if re.fullmatch(r"\d+_\d+", p.name))
@@ -168,8 +167,7 @@ def test_a_hydra_sweep_runs_as_one_job_array(slurm, workdir):
         ("ce", 0),
         ("ce", 1),
     }
-    with open(sweep / "sweep_summary.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = sweep_summary(sweep)
     assert len(rows) == 4 and {r["status"] for r in rows} == {"completed"}
 
     slurm.wait_idle(timeout=30)

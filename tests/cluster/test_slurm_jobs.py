@@ -4,18 +4,23 @@ the others complete. All through ``hydra/launcher=slurm`` (the preset on submiti
 
 from __future__ import annotations
 
-import csv
-import os
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import assert_ok, metrics, run_cli, run_dirs
+from tests.conftest import (
+    assert_ok,
+    metrics,
+    run_cli,
+    run_dirs,
+    start_cli,
+    sweep_dirs,
+    sweep_summary,
+)
 from tests.test_dir_lock import lock_is_free
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -33,13 +38,12 @@ def launcher(slurm) -> list[str]:
 
 
 def the_sweep(workdir: Path) -> Path:
-    (sweep,) = sorted(p.parent for p in workdir.glob("logs/*/multirun/*/multirun.yaml"))
+    (sweep,) = sweep_dirs(workdir)
     return sweep
 
 
 def summary(sweep: Path) -> dict[str, dict]:
-    with open(sweep / "sweep_summary.csv") as f:
-        return {row["job"]: row for row in csv.DictReader(f)}
+    return {row["job"]: row for row in sweep_summary(sweep)}
 
 
 def test_ddp_ranks_of_a_job_are_tasks_started_by_srun(slurm, workdir):
@@ -94,15 +98,7 @@ def test_a_preempted_job_is_requeued_and_ends_as_the_uninterrupted_one(slurm, wo
         "checkpoint_every_n_epochs=3,1",
         *launcher(slurm),
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "XRAY_LOSS_CACHE": str(workdir / "cache")}
-    sweep_proc = subprocess.Popen(
-        [sys.executable, "-m", "xray_loss.train", *args],
-        cwd=workdir,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    sweep_proc = start_cli(workdir, *args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         # signal job 1 once its first epoch is done
         deadline = time.monotonic() + 180
