@@ -4,6 +4,9 @@ Scalars layout and the HParams table of runs.
 The HParams session is written with TensorBoard's own protocol buffers and torch's event-file
 writer into the run directory (TensorBoard reads every events file of a directory as one run),
 so a run's HParams row does not depend on the Lightning logger being alive when the run ends.
+``torch.utils.tensorboard.summary.hparams()`` builds the same three summaries but cannot say
+what this table needs: a run's status other than success (failed, diverged, pruned rows), which
+columns differ across a sweep, or a numeric range for a column of many values.
 """
 
 from __future__ import annotations
