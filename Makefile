@@ -23,9 +23,11 @@ $(STAMP): pyproject.toml
 train: install  ## train on the default (phantom data, small CNN, BCE head); ARGS="loss=ce lr=1e-3"
 	$(PY) -m xray_loss.train $(ARGS)
 
-# Two tiers: `make test` is the edit-test loop (every test not marked slow: a few minutes on 2
-# cores); `make test-slow` the end-to-end ones (runs, sweeps, kills and resumes, the notebook);
-# `make test-all` both. .ci/run runs `make test`, `make test-slow` and `make test-slurm`.
+# Two tiers: `make test` is the edit-test loop (every test not marked slow: under 4 minutes on
+# 2 cores); `make test-slow` the end-to-end ones (runs, sweeps, kills and resumes, the notebook);
+# `make test-all` both. The tests run commands in the test process, and a real `python -m` where
+# a separate process is the point (tests/conftest.py:run_cli). .ci/run runs `make test`,
+# `make test-slow` and `make test-slurm`.
 test: install  ## the fast tier: every test not marked slow
 	$(PY) -m pytest --ignore=tests/cluster -m "not slow" $(PYTEST_ARGS)
 
