@@ -23,8 +23,9 @@ A command here runs as a fresh interpreter would run it, as far as the tests can
   handlers, warning filters, torch threads, deterministic and matmul settings, default dtype,
   the RNG states of random, numpy and torch, matplotlib's rcParams, ``sys.modules[module]``.
 
-What cannot be put back: modules imported by the command stay imported (a fresh process imports
-them again) and the allocator thresholds of ``setup_process`` (process-wide, idempotent).
+What cannot be put back: modules the command imported from this process's sys.path stay
+imported (a fresh process imports them again), and what has no undo and is the same for every
+command (``setup_process``'s process-wide settings, a library's service started once).
 """
 
 from __future__ import annotations
