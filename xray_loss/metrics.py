@@ -45,9 +45,9 @@ class Score:
 SCORES: dict[str, Score] = {
     "acc": Score(binary_accuracy, label="accuracy"),
     "auroc": Score(binary_auroc, ranks=True, label="AUROC"),
-    "f1": Score(binary_f1_score, label="F1"),
     "sensitivity": Score(binary_recall),
     "specificity": Score(binary_specificity),
+    "f1": Score(binary_f1_score, label="F1"),  # last: TensorBoard's HParams shows 5 metrics
 }
 # `train/` logs loss and acc only
 TRAIN_METRICS = ("loss", "acc")
@@ -66,8 +66,9 @@ def threshold_metrics() -> tuple[str, ...]:
 
 
 def hparam_metrics() -> tuple[str, ...]:
-    """The HParams table's metric columns: what a run is judged by."""
-    return ("val/auroc_best", *(f"test/{name}" for name in SCORES))
+    """The HParams table's metric columns: what a run is judged by, the ranking ones first."""
+    ordered = sorted(SCORES, key=lambda name: not SCORES[name].ranks)  # stable: table order
+    return ("val/auroc_best", *(f"test/{name}" for name in ordered))
 
 
 def decide(probs: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor:
