@@ -18,6 +18,7 @@ path, a preset). A named sweep axis is one line here plus its knob in ``conf/tra
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -155,7 +156,12 @@ def repeat_keys() -> tuple[str, ...]:
 def key_of(path: str) -> Key:
     """The schema's entry for a config path or override key (``hydra/launcher`` is
     ``hydra.launcher``): listed exactly, else under the longest listed prefix, else a setting."""
-    path = path.lstrip("+~").replace("/", ".")
+    return _key_of(path.lstrip("+~").replace("/", "."), len(SCHEMA))
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_of(path: str, _entries: int) -> Key:
+    # cached per path and per number of SCHEMA entries: an entry added to it counts at once
     by_path = {v.at(k): v for k, v in SCHEMA.items()}
     if path in by_path:
         return by_path[path]
