@@ -9,6 +9,9 @@ and keeping each one's best epoch to damp the noise of a shared machine.
 
     python bench/overhead.py                     # small CNN at 64 px and ResNet-18 at 128 px
     python bench/overhead.py --models small_cnn --repeats 5
+
+Both loops run in one process and share its allocator setting; for the speed of ``make train``
+run it with the Makefile's ``GLIBC_TUNABLES`` (bench/README.md, ``allocator.py``).
 """
 
 from __future__ import annotations
@@ -35,7 +38,6 @@ from bench.common import machine  # noqa: E402
 from xray_loss.config import register_resolvers  # noqa: E402
 from xray_loss.data.base import Split, XrayDataModule  # noqa: E402
 from xray_loss.data.phantom import generate_phantoms  # noqa: E402
-from xray_loss.runtime.allocator import retain_freed_memory  # noqa: E402
 
 warnings.filterwarnings("ignore")
 logging.getLogger("lightning").setLevel(logging.ERROR)
@@ -160,7 +162,6 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     args = parser.parse_args()
     register_resolvers()
-    retain_freed_memory()  # as xray_loss.train does; both loops run in this process
     print(machine())
     print(
         f"{'model':10s} {'px':>4s} {'images':>6s} {'plain img/s':>11s} "

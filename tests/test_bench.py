@@ -100,3 +100,14 @@ def test_recipe_benchmark_smoke(tmp_path):
     assert any(line.startswith("| tta (recipe, 5 shifts) |") for line in out.splitlines())
     out = _run(str(ROOT / "bench" / "recipe.py"), *common, "--schedule", "1", cwd=ROOT)
     assert "| before (epoch-sized), 1 min |" in out and "| after (budget-sized), 1 min |" in out
+
+
+def test_allocator_benchmark_smoke():
+    out = _run(
+        str(ROOT / "bench" / "allocator.py"),
+        *("--sizes", "32", "--rounds", "1", "--steps", "1", "--forms", "default", "mallopt"),
+        cwd=ROOT,
+    )
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith("32 ")]
+    assert [row[1] for row in rows] == ["default", "mallopt"], out
+    assert float(rows[1][-2]) <= 1  # faults/step: freed memory kept

@@ -70,12 +70,9 @@ _QUIET_WARNINGS = (
 @functools.cache
 def setup_process() -> None:
     """What the entry points (train, eval, predict) install once, before Hydra composes the
-    config: the ``xray_loss.*`` resolvers, the allocator thresholds (runtime.allocator) and
-    filters for known noise. Importing a module installs nothing."""
-    from xray_loss.runtime.allocator import retain_freed_memory
-
+    config: the ``xray_loss.*`` resolvers and filters for known noise. Importing a module
+    installs nothing. (The CPU allocator setting is environment: the Makefile's GLIBC_TUNABLES.)"""
     register_resolvers()
-    retain_freed_memory()
     for pattern in _QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
     # Lightning's adverts for cloud services
