@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import torch
 
@@ -20,7 +20,7 @@ def machine() -> str:
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return (
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC | {cpu} | {os.cpu_count()} cores "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC | {cpu} | {os.cpu_count()} cores "
         f"(torch threads {torch.get_num_threads()}) | {gpu} | torch {torch.__version__} | "
         f"python {platform.python_version()} | commit {_commit()}"
     )
