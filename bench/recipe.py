@@ -3,6 +3,8 @@
     python bench/recipe.py --data-root ../shared/data/kermany224                 # the levers
     python bench/recipe.py --data-root ... --minutes 5 --levers recipe,ema,96px  # a subset
     python bench/recipe.py --data-root ... --schedule 5,10,14   # kermany_cpu before/after
+    python bench/recipe.py --data-root ... --experiment pneumoniamnist_cpu --minutes 3 \
+        --set data=kermany data.image_size=28 data.resize=crop --levers recipe,tta,ema,bf16
 
 Each lever is ``experiment=kermany_cpu`` (``--experiment``) plus overrides, trained in a fresh
 process for the same budget (``trainer.max_time``), one after the other on the carve-out
@@ -94,7 +96,8 @@ def train(args, overrides: list[str], name: str) -> Path:
         sys.executable, "-m", "xray_loss.train", f"experiment={args.experiment}",
         f"data.root={args.data_root}", "data.test_fraction=0.15",
         f"trainer.max_time=00:00:{args.minutes:02d}:00", f"paths.log_dir={log_dir}",
-        "callbacks.progress_bar.refresh_rate=0", *(SMOKE if args.smoke else []), *overrides,
+        "callbacks.progress_bar.refresh_rate=0", *(SMOKE if args.smoke else []), *args.set,
+        *overrides,
     ]  # fmt: skip
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     (metrics,) = log_dir.rglob("metrics.json")
@@ -216,6 +219,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / ".bench" / "recipe")
     parser.add_argument("--image-size", type=int, default=128, help="for the yardstick")
     parser.add_argument("--smoke", action="store_true", help="toy runs: the code path only")
+    parser.add_argument("--set", nargs="*", default=[], help="overrides for every run")
     args = parser.parse_args()
     args.data_root = args.data_root.resolve()
     print(machine(), flush=True)
