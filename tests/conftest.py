@@ -26,20 +26,23 @@ TINY = ["debug=tiny"]
 # basic launcher, the Hydra callbacks of conf/hydra/default.yaml, the Optuna sweeper), config
 # errors (one sentence, exit 1) and exit codes are what a user gets; the process state a
 # command touches is put back afterwards. This saves the ~7 s of importing Lightning and torch
-# per command. Every other run_cli call of the suite runs this way.
+# per command, and a command sees what the test patched (tests/test_extending.py adds a metric
+# to xray_loss.metrics.SCORES). Every run_cli call not listed below runs this way. Tests that
+# need only a trained run's result compose the config and call train() (test_config_folders).
 #
 # In a fresh interpreter (subprocess.run([sys.executable, "-m", ...])) where a separate process
 # is the point:
-# - by itself (_NEEDS_A_PROCESS), for arguments that run jobs in other processes: a parallel or
+# - by itself (_needs_a_process), for arguments that run jobs in other processes: a parallel or
 #   cluster launcher (hydra/launcher=joblib: loky workers; submitit_local; slurm, as in
 #   tests/cluster) and DDP (trainer=ddp or a ddp strategy: the ranks are processes);
 # - run_cli(..., process=True): the smoke test of each entry point's real command line
-#   (tests/test_entry_points.py: train, eval, predict; tests/test_report.py:
-#   test_report_command_line for the report; tests/test_run_names.py for make tensorboard);
-# - tests that start their own processes: signals (SIGINT, SIGTERM, SIGKILL) and resume
-#   (tests/test_resume.py:start, tests/test_sweeps.py), simultaneous runs and sweeps
-#   (tests/test_train_cli.py, tests/test_concurrent_sweeps.py), what importing installs
-#   (tests/test_imports.py, tests/test_house.py), the SLURM cluster (tests/cluster).
+#   (tests/test_entry_points.py: train, eval, predict, and in-process runs against them;
+#   tests/test_report.py:test_report_command_line; tests/test_run_names.py: make tensorboard);
+# - start_cli (below), for tests that signal or race their commands: SIGINT, SIGTERM, SIGKILL
+#   and resume (tests/test_resume.py, tests/test_sweeps.py, tests/cluster), simultaneous runs
+#   and sweeps (tests/test_train_cli.py, tests/test_concurrent_sweeps.py);
+# - tests of what a process does at import or exit (tests/test_imports.py, tests/test_house.py,
+#   tests/test_dir_lock.py) start their own.
 _LAUNCHERS_IN_PROCESS = ("basic",)
 
 
