@@ -179,7 +179,7 @@ def row(name: str, run_dir: Path, data_root: Path, shifts=((0, 0),)) -> dict:
     test = record["test"]
     found = {
         "auroc": test["test/auroc"],
-        "loss": test["test/loss"],
+        "loss": test["test/objective"],
         "ece": ece(labels, probs),
         "acc": test["test/acc"],
     }

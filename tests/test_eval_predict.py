@@ -13,7 +13,7 @@ from tests.conftest import assert_ok, metrics, run_cli
 from xray_loss.data.phantom import generate_phantoms
 
 pytestmark = pytest.mark.slow
-NAMES = ["loss", "acc", "auroc", "f1", "sensitivity", "specificity"]
+NAMES = ["objective", "nll", "brier", "acc", "auroc", "f1", "sensitivity", "specificity"]
 
 
 def _best_checkpoint(sweep: Path) -> tuple[Path, Path]:

@@ -75,7 +75,7 @@ def test_only_the_listed_repeats_pool_runs():
         ("lr=0.01", True),
         ("+loss.pos_weight=2", True),  # a setting nobody named
         ("trainer.precision=bf16-mixed", True),
-        ("callbacks.model_checkpoint.monitor=val/loss", True),  # another checkpoint is tested
+        ("callbacks.model_checkpoint.monitor=val/objective", True),  # another checkpoint is tested
         ("+callbacks.ema._target_=lightning.pytorch.callbacks.EMAWeightAveraging", True),
         ("callbacks.progress_bar.refresh_rate=0", False),
         ("callbacks.model_checkpoint.dirpath=elsewhere", False),

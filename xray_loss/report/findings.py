@@ -69,13 +69,13 @@ def overfitting(runs: list[Run]) -> list[dict[str, Any]]:
     longest = max(int(r.config["epochs"]) for r in runs)
     groups: dict[tuple[str, float], list[Run]] = defaultdict(list)
     for r in runs:
-        if int(r.config["epochs"]) == longest and r.curves.get("val/loss"):
+        if int(r.config["epochs"]) == longest and r.curves.get("val/objective"):
             groups[(str(r.config["loss"]), float(r.config["lr"]))].append(r)
     rows = []
     for (head, lr), members in sorted(groups.items()):
-        n = min(len(r.curves["val/loss"]) for r in members)
-        val = np.mean([[v for _, v in r.curves["val/loss"][:n]] for r in members], axis=0)
-        train = np.mean([r.curves["train/loss"][n - 1][1] for r in members])
+        n = min(len(r.curves["val/objective"]) for r in members)
+        val = np.mean([[v for _, v in r.curves["val/objective"][:n]] for r in members], axis=0)
+        train = np.mean([r.curves["train/objective"][n - 1][1] for r in members])
         low = int(np.argmin(val))
         epochs = [e for e, _ in members[0].curves["val/loss"][:n]]
         rows.append(
