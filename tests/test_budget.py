@@ -212,6 +212,16 @@ def test_lightning_adds_no_mid_epoch_timer_beside_the_budget():
     assert timers == [budget] and budget.time_remaining() == 180.0
 
 
+def test_a_resume_goes_on_with_the_clock_and_testing_a_checkpoint_leaves_it_alone():
+    budget = TimeBudget.of(fit(lambda e: 20.0)["trainer"])
+    spent, state = budget.time_elapsed(), budget.state_dict()
+    budget.load_state_dict({**state, "time_elapsed": {"train": 1.0}})  # the best epoch's
+    assert budget.time_elapsed() == spent == 160.0
+    resumed = TimeBudget(duration="00:00:03:00", clock=FakeClock())
+    resumed.load_state_dict(state)
+    assert resumed.time_remaining() == 20.0
+
+
 # --- the command line ---------------------------------------------------------------------
 class SlowStep(L.Callback):
     """For the command-line test: one training step of ``epoch`` sleeps ``seconds`` (real)."""

@@ -18,10 +18,10 @@ same, ``conf/callbacks/default.yaml`` passes it on) and plans instead:
   grow as well as shrink; a cosine ``CosineAnnealingLR`` is re-sized to it (never past its own
   ``T_max``) before it steps, so the learning rate of the next epoch already follows the plan.
   Until an epoch after the first has been timed whole, the plan keeps at least one more epoch.
-- *Stop.* At the end of an epoch, when the plan ends with it or the next epoch no longer fits
-  (rank 0 decides for every rank): the cosine reaches 0 right after the last trained epoch,
-  which is validated and checkpointed as usual. If an epoch runs past the budget anyway, the run
-  stops at its end (never inside it) and ends late by that much.
+- *Stop.* At the end of an epoch, when the plan ends with it (the cosine reaches 0 right after
+  it) or the next epoch no longer fits (the epoch ran slower than planned); rank 0 decides for
+  every rank. The last epoch is validated and checkpointed as usual. If an epoch runs past the
+  budget anyway, the run stops at its end (never inside it) and ends late by that much.
 
 When the budget is enough nothing is re-sized: the run is the epoch-sized one, exactly.
 Annealing to zero at the budget beats an off-the-shelf schedule cut short (Li, Yumer and
@@ -239,7 +239,9 @@ class TimeBudget(Timer):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self._before = float(state.get("time_elapsed", {}).get(RunningStage.TRAINING.value, 0.0))
+        if self._started is None:  # a resume; testing the best checkpoint leaves the clock alone
+            elapsed = state.get("time_elapsed", {}).get(RunningStage.TRAINING.value, 0.0)
+            self._before = float(elapsed)
         self.images = int(state.get("images", 0))
         self.whole = list(state.get("whole", []))
         self.step = list(state.get("step", []))
