@@ -66,6 +66,7 @@ NOT_A_TRAINING_INPUT = {
     "callbacks.last_checkpoint.": "restates checkpoint_every_n_epochs (varied above)",
     "callbacks.resume_checkpoint.": "restates checkpoint_every_n_steps (varied above)",
     "callbacks.epoch_budgets.": "restates budgets and epochs_scale",
+    "callbacks.time_budget.duration": "restates trainer.max_time",
     "data.batch_size": "restates batch_size",
     "data.seed": "restates seed",
     "optimizer.lr": "restates lr",

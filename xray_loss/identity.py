@@ -122,6 +122,7 @@ SCHEMA: dict[str, Key] = {
     "callbacks.dashboard_layout.": Key(B),
     "callbacks.test_report.": Key(B),
     "callbacks.epoch_budgets.": Key(B),  # restates budgets and epochs_scale
+    "callbacks.time_budget.duration": Key(B),  # restates trainer.max_time
     "data.batch_size": Key(B),  # = batch_size
     "data.seed": Key(B),  # = seed
     "optimizer.lr": Key(B),  # = lr
