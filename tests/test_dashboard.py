@@ -10,10 +10,12 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tests.conftest import metrics, run_cli, run_dirs
 
@@ -88,6 +90,7 @@ def test_runs_are_named_by_their_swept_values_and_curves_are_per_epoch(tensorboa
             tags[run]
         )
         assert "epoch" not in tags[run]  # no step counter: the step is the epoch
+        assert "val/threshold" not in tags[run]  # the rule is fixed (0.5): no flat line
         for tag in ("train/objective", "val/auroc"):
             points = _get(f"{tensorboard}/data/plugin/scalars/scalars?run={run}&tag={tag}")
             assert [step for _, step, _ in points] == [1, 2]  # x = epochs completed
@@ -107,13 +110,14 @@ def test_hparams_table_shows_what_the_sweep_varies_as_numbers_and_every_status(t
     assert infos["loss"]["domainDiscrete"] == ["bce", "ce"]
     metric_tags = [m["name"]["tag"] for m in experiment["metricInfos"]]
     assert metric_tags[:3] == ["val/auroc_best", "test/auroc", "test/acc"]
-    rows = {g["name"]: g for g in _session_groups(tensorboard)}
+    rows = {g["sessions"][0]["name"]: g for g in _session_groups(tensorboard)}
     assert set(rows) == JOBS | DIVERGED  # diverged runs keep their row
     for name, row in rows.items():
         session = row["sessions"][0]
         assert row["hparams"]["status"] == ("diverged" if name in DIVERGED else "completed")
         assert session["status"] == ("STATUS_FAILURE" if name in DIVERGED else "STATUS_SUCCESS")
         assert row["hparams"]["batch_size"] == 64  # a number (shown, filtered, sorted as one)
+        assert row["hparams"]["seed"] == "0"  # a label: no "0.0000", no numeric axis
     completed = rows["loss=ce,lr=0.001"]["metricValues"]
     assert {m["name"]["tag"] for m in completed} >= {"val/auroc_best", "test/auroc", "test/acc"}
     # the table sorts by lr as numbers, both ways
@@ -123,11 +127,33 @@ def test_hparams_table_shows_what_the_sweep_varies_as_numbers_and_every_status(t
         assert lrs == sorted(lrs, reverse=reverse) and {type(lr) for lr in lrs} <= {int, float}
 
 
-def test_custom_scalars_chart_one_metric_per_chart_and_samples_come_once(tensorboard):
+def _metric(group: dict, tag: str) -> float:
+    return next(m["value"] for m in group["metricValues"] if m["name"]["tag"] == tag)
+
+
+def test_the_hparams_table_lists_the_best_run_first_with_its_rank(tensorboard):
+    """With no column sorted (as the tab opens), by the checkpoint's val AUROC: failed last."""
+    groups = _session_groups(tensorboard)
+    aurocs = [_metric(g, "val/auroc_best") for g in groups[:2]]
+    assert aurocs == sorted(aurocs, reverse=True)
+    assert {g["sessions"][0]["name"] for g in groups[:2]} == JOBS  # diverged runs last
+    for rank, group in enumerate(groups, start=1):  # the table's "Trial ID": rank and run
+        assert group["name"] == f"{rank}. {group['sessions'][0]['name']}"
+
+
+def test_custom_scalars_pair_train_and_val_of_a_metric_and_samples_come_once(tensorboard):
     layout = _get(f"{tensorboard}/data/plugin/custom_scalars/layout")
     charts = {c["title"]: c for cat in layout["category"] for c in cat["chart"]}
-    assert {"val auroc", "val acc", "val loss", "train acc", "train loss"} <= set(charts)
+    # one chart per metric both stages log (the overfitting view), then the val-only ones
+    assert charts["train/val nll"]["multiline"]["tag"] == ["^train/nll$", "^val/nll$"]
+    assert {"train/val objective", "train/val brier", "train/val acc"} <= set(charts)
     assert charts["val auroc"]["multiline"]["tag"] == ["^val/auroc$"]
+    assert not any(title.startswith("train ") for title in charts)  # no train-only duplicate
+    run = sorted(JOBS)[0]
+    for chart in charts.values():  # every line of every chart has data
+        for regex in chart["multiline"]["tag"]:
+            query = urllib.parse.urlencode({"run": run, "tag": regex.strip("^$")})
+            assert _get(f"{tensorboard}/data/plugin/scalars/scalars?{query}")
     images = _get(f"{tensorboard}/data/plugin/images/tags")
     with_samples = [run for run, tags in images.items() if "viz/samples_normal" in tags]
     assert len(with_samples) == 1  # the sweep's first job, not every job
@@ -144,6 +170,15 @@ def test_test_figures_sit_at_the_epoch_after_the_curves(tensorboard):
         for tag in figures:
             shown = _get(f"{tensorboard}/data/plugin/images/images?run={run}&tag={tag}")
             assert [image["step"] for image in shown] == [2]  # epochs trained, like test/*
+
+
+def test_a_threshold_rule_that_moves_is_a_curve(workdir):
+    proc = run_cli("debug=tiny", "epochs=2", "threshold=youden", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (run,) = run_dirs(workdir / "logs")
+    events = EventAccumulator(str(run))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/threshold")] == [1, 2]
 
 
 def test_every_logger_writes_offline(workdir):

@@ -154,7 +154,7 @@ def test_a_dry_run_shows_nominal_and_trained_epochs_as_ordered_numbers(tmp_path)
     again = write_experiment(sweep, DRY)  # a resumed sweep writes it again: it replaces the first
     assert first == again == sweep / sorted(records)[0]
     assert len(list(sweep.glob(f"**/*tfevents*{EXPERIMENT_SUFFIX}"))) == 1
-    assert tensorboard_run_names(sweep) == {first.name}  # no "." run
+    assert tensorboard_run_names(sweep) == set(records)  # each job's ranked row; no "." run
     infos = {h.name: h for h in hparams_data(first, "_hparams_/experiment").experiment.hparam_infos}
     # what varies, numbers as numbers in numeric order; status and stopped_by are one value
     assert list(infos) == ["epochs", "loss", "lr", "epochs_trained"]
@@ -180,7 +180,8 @@ def test_a_run_holds_numbers_as_numbers_and_text_as_text(tmp_path):
     write_session(tmp_path, record, step=2)
     hparams = hparams_data(tmp_path, "_hparams_/session_start_info").session_start_info.hparams
     assert hparams["lr"].number_value == 1e-4 and hparams["batch_size"].number_value == 32
-    assert hparams["seed"].number_value == 2 and hparams["epochs_trained"].number_value == 2
+    assert hparams["seed"].string_value == "2"  # a label: the table prints numbers as 2.0000
+    assert hparams["epochs_trained"].number_value == 2
     assert hparams["loss"].string_value == "ce" and hparams["status"].string_value == "completed"
     assert hparams["threshold"].string_value == "0.5"  # a rule, text even when it is a number
     assert "trainer.precision" not in hparams  # no value, an empty cell
@@ -208,7 +209,11 @@ def test_the_url_opens_every_tab_unsmoothed_with_every_run_selected(tmp_path, n)
     url = urlsplit(tensorboard_url(logdir, 6007))
     assert (url.hostname, url.port) == ("127.0.0.1", 6007)
     query = parse_qs(url.query)  # Time Series: unsmoothed, on the curves and images
-    assert query["smoothing"] == ["0"] and query["tagFilter"] == ["^(train|val|viz)/"]
+    assert query["smoothing"] == ["0"]
+    shown = re.compile(query["tagFilter"][0])  # JavaScript's regex reads this one alike
+    assert all(map(shown.search, ["train/nll", "val/auroc", "val/nll", "viz/roc_curve"]))
+    # one point per run: in the HParams table, no Time Series card of a single dot
+    assert not any(map(shown.search, ["test/auroc", "val/auroc_best", "epoch"]))
     fragment = dict(part.split("=", 1) for part in url.fragment.split("&")[1:])
     assert url.fragment.startswith("timeseries&") and fragment["_smoothingWeight"] == "0"
     # Scalars, Custom Scalars and Images select every run by themselves up to 40 runs only
@@ -217,6 +222,27 @@ def test_the_url_opens_every_tab_unsmoothed_with_every_run_selected(tmp_path, n)
     else:
         state = json.loads(base64.b64decode(unquote(fragment["runSelectionState"])))
         assert set(state) == tensorboard_run_names(logdir) and all(state.values())
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        ["loss=bce,lr=0.0001,seed=0", "loss=bce,lr=0.001,seed=1", "loss=ce,lr=0.0001,seed=0"],
+        ["old/loss=bce_matched,seed=0", "new/loss=focal,seed=0", "new/loss=focal,seed=1"],
+        ["lr=0.0001", "lr=0.001"],  # one head (the sweep does not name it)
+        ["loss=ce,lr=0.0001", "loss=ce,lr=0.001"],
+    ],
+)
+def test_the_url_colours_runs_by_their_head_where_the_runs_differ_in_it(tmp_path, names):
+    url = urlsplit(tensorboard_url(_runs(tmp_path / "sweep", names), 6006))
+    group = parse_qs(url.query).get("runColorGroup")  # TensorBoard: colour by regex group
+    head = {n: (m[1] if (m := re.search(r"loss=(\w+)", n)) else None) for n in names}
+    if len(set(head.values())) < 2:
+        assert group is None  # one colour per run
+        return
+    assert group and group[0].startswith("regex:")
+    # a run's colour is its regex group: the same colour for the same head, and only then
+    assert {n: re.search(group[0].removeprefix("regex:"), n)[1] for n in names} == head
 
 
 @pytest.mark.parametrize("where", ["missing", "empty"])

@@ -30,10 +30,10 @@ from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 from torch.utils.tensorboard.summary import scalar
 from torch.utils.tensorboard.writer import FileWriter
 
-from xray_loss.identity import axis_names, format_value, sort_key
+from xray_loss.identity import axis_names, format_value, repeat_keys, sort_key
 from xray_loss.metrics import TRAIN_METRICS, hparam_metrics, metric_names
 from xray_loss.runtime.record import Status, read_record
-from xray_loss.runtime.rundirs import IMAGES  # viz/: sorts after the curves (train/, val/)
+from xray_loss.runtime.rundirs import BEST, IMAGES  # viz/: sorts after the curves
 
 
 def tensorboard_logger(trainer: L.Trainer) -> TensorBoardLogger | None:
@@ -77,22 +77,29 @@ class SampleGrid(L.Callback):
             tb.experiment.add_image(f"{IMAGES}/samples_{name}", grid, global_step=0)
 
 
+def custom_scalars_layout() -> dict[str, dict[str, list]]:
+    """The Custom Scalars charts (x = epoch): one per metric that training and validation both
+    log, its ``train/`` and ``val/`` lines together (the gap between them is overfitting), then
+    one per validation-only metric."""
+
+    def chart(metric: str, splits: tuple[str, ...]) -> list:
+        return ["Multiline", [f"^{re.escape(f'{split}/{metric}')}$" for split in splits]]
+
+    both = [m for m in metric_names() if m in TRAIN_METRICS]
+    return {
+        "train and val": {f"train/val {m}": chart(m, ("train", "val")) for m in both},
+        "validation": {f"val {m}": chart(m, ("val",)) for m in metric_names() if m not in both},
+    }
+
+
 class DashboardLayout(L.Callback):
-    """TensorBoard Custom Scalars layout: one chart per split and metric (x = epoch), one line
-    per run, so a sweep's runs are compared metric by metric with no train/val line pairs."""
+    """Writes the Custom Scalars layout (:func:`custom_scalars_layout`) when fit starts."""
 
     @rank_zero_only
     def on_fit_start(self, trainer, pl_module) -> None:
         tb = tensorboard_logger(trainer)
-        if tb is None:
-            return
-        layout = {}
-        charts = {"validation": ("val", metric_names()), "training": ("train", TRAIN_METRICS)}
-        for category, (split, metrics) in charts.items():
-            layout[category] = {
-                f"{split} {m}": ["Multiline", [f"^{re.escape(f'{split}/{m}')}$"]] for m in metrics
-            }
-        tb.experiment.add_custom_scalars(layout)
+        if tb is not None:
+            tb.experiment.add_custom_scalars(custom_scalars_layout())
 
 
 # --- HParams: one experiment per sweep (what varies), one session per run (its values) --------
@@ -101,9 +108,13 @@ _STATUS = {
     Status.RUNNING: api_pb2.Status.STATUS_RUNNING,
 }  # every other status (failed, diverged, pruned, interrupted): a failure
 _ENDED = ("status", "stopped_by", "epochs_trained")  # how each run ended, beside its settings
-_TEXT = ("threshold", "threshold.rule")  # text even where a value looks like a number (0.5)
-# the sweep's experiment lives in a job directory, in a file of its own (replaced on resume)
+# text even where a value looks like a number: a rule (0.5), and a repeat's label (seed 0): the
+# table prints every number to 5 digits (0.0000) and plots it on a numeric axis
+_TEXT = ("threshold", "threshold.rule", *repeat_keys())
+# the sweep's experiment lives in a job directory, in a file of its own (replaced on resume);
+# each run's session too (a sweep rewrites them when it ends, ranked)
 EXPERIMENT_SUFFIX = ".experiment"
+SESSION_SUFFIX = ".session"
 # TensorBoard's HParams tab offers a value filter of checkboxes below this many values, else a
 # regex (numbers: a range)
 _CHECKBOXES = 10
@@ -190,15 +201,30 @@ def write_experiment(log_dir: Path, axes: dict[str, list]) -> Path | None:
     if (log_dir / "metrics.json").exists():
         host, records, axes = log_dir, [read_record(log_dir) or {}], None
     else:
-        jobs = sorted(p.parent for p in log_dir.glob("*/metrics.json"))
-        records = [r for r in map(read_record, jobs) if r]
+        read = {job: read_record(job) for job in sorted(log_dir.glob("*/metrics.json"))}
+        jobs = {job.parent: record for job, record in read.items() if record}
         if not jobs:
             return None
-        host = jobs[0]
-        for old in log_dir.glob(f"*/*tfevents*{EXPERIMENT_SUFFIX}"):
-            old.unlink(missing_ok=True)
+        records, host = list(jobs.values()), next(iter(jobs))
+        _replace(log_dir.glob(f"*/*tfevents*{EXPERIMENT_SUFFIX}"))
+        for rank, job in enumerate(ranked(jobs), start=1):
+            write_session(job, jobs[job], group=f"{rank:0{len(str(len(jobs)))}d}. {job.name}")
     _write(host, [experiment_summary(records, axes)], suffix=EXPERIMENT_SUFFIX)
     return host
+
+
+def ranked(jobs: dict[Path, dict[str, Any]]) -> list[Path]:
+    """A sweep's jobs best first: completed runs by the checkpoint's validation AUROC
+    (``best_val_auroc``, what the checkpoint monitors), then the others (failed, diverged,
+    pruned) alike; ties by name."""
+
+    def key(job: Path) -> tuple:
+        best = jobs[job].get("best_val_auroc")
+        known = best is not None and math.isfinite(best)
+        done = jobs[job].get("status") == Status.COMPLETED
+        return (not done, not known, -best if known else 0.0, job.name)
+
+    return sorted(jobs, key=key)
 
 
 def sweep_axes(params: dict[str, Any], overrides: list[str]) -> dict[str, list]:
@@ -221,10 +247,17 @@ def sweep_axes(params: dict[str, Any], overrides: list[str]) -> dict[str, list]:
     return axes
 
 
-def write_session(run_dir: Path, record: dict[str, Any], step: int = 0) -> None:
+def write_session(
+    run_dir: Path, record: dict[str, Any], step: int | None = None, group: str = ""
+) -> None:
     """The run's HParams row: its values and status (failed and diverged runs too), and
-    ``val/auroc_best`` as a scalar when it completed."""
-    start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+    ``val/auroc_best`` as a scalar when it completed (at ``step``, default the epochs trained),
+    replacing the one written before. TensorBoard's table lists rows by ``group`` (its "Trial
+    ID", default the run's name) unless told otherwise: a sweep names them by rank."""
+    run_dir = Path(run_dir)
+    if step is None:
+        step = int(record.get("epochs_trained") or 0)
+    start = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time(), group_name=group)
     for name, value in hparam_values(record).items():
         if isinstance(value, float):
             start.hparams[name].number_value = value
@@ -237,8 +270,14 @@ def write_session(run_dir: Path, record: dict[str, Any], step: int = 0) -> None:
         _summary(metadata.SESSION_END_INFO_TAG, session_end_info=end),
     ]
     if record.get("best_val_auroc") is not None:
-        summaries.append(scalar("val/auroc_best", float(record["best_val_auroc"])))
-    _write(run_dir, summaries, step)
+        summaries.append(scalar(BEST, float(record["best_val_auroc"])))
+    _replace(run_dir.glob(f"*tfevents*{SESSION_SUFFIX}"))
+    _write(run_dir, summaries, step, suffix=SESSION_SUFFIX)
+
+
+def _replace(files) -> None:
+    for old in list(files):
+        old.unlink(missing_ok=True)
 
 
 def _write(log_dir: Path, summaries: list[Summary], step: int = 0, suffix: str = "") -> None:

@@ -232,7 +232,9 @@ class XrayClassifier(L.LightningModule):
                 n_normal=len(calibration.labels) - positives,
             )
         self._log_metrics("val", result)
-        to_loggers = self.trainer.state.fn != "validate"
+        # a curve of the threshold only where a rule moves it (a fixed one is a flat line)
+        moves = parse_rule(self.rule)[0] != "fixed"
+        to_loggers = self.trainer.state.fn != "validate" and moves
         self.log("val/threshold", self.threshold.float(), sync_dist=True, logger=to_loggers)
 
     def on_test_epoch_end(self) -> None:

@@ -243,23 +243,32 @@ def tensorboard_runs(logdir: Path) -> list[str]:
 # Images, none when there are more than 40, and smooths by 0.6. The last three keep their state
 # in the URL's #fragment (shared by the tabs; runSelectionState: base64 JSON), Time Series in
 # its query. Tabs sort tag groups by name (Time Series opens the first two only), so a tag
-# filter leaves out test/ (one point per run, which the HParams tab shows) to open on the
-# curves (train/, val/), then the images and figures (IMAGES/).
+# filter leaves out test/ and BEST (one point per run, which the HParams tab shows) to open on
+# the curves (train/, val/), then the images and figures (IMAGES/).
 IMAGES = "viz"  # the images' and figures' tag group (xray_loss.dashboard.SampleGrid)
-TIME_SERIES = f"^(train|val|{IMAGES})/"
+BEST = "val/auroc_best"  # the checkpoint's val AUROC, an HParams column (xray_loss.dashboard)
+TIME_SERIES = f"^(train|val|{IMAGES})/(?!{re.escape(BEST.split('/', 1)[1])}$)"
 _MAX_DEFAULT_SELECTED = 40
+# runs are coloured by their head where the runs differ in it (else one colour per run)
+HEAD = "loss"
 
 
 def tensorboard_url(logdir: Path, port: int | str, host: str = "127.0.0.1") -> str:
     """The URL that opens every TensorBoard tab on ``logdir`` filled: all runs selected (however
-    many), curves unsmoothed, the training and validation curves first."""
+    many), curves unsmoothed, the training and validation curves first, and in Time Series
+    one colour per head where runs differ in it (TensorBoard's run colour group by regex: BCE
+    and CE runs of a sweep could otherwise share a colour)."""
     runs = tensorboard_runs(logdir)
+    group = HEAD + r"=(\w+)"  # TensorBoard colours runs by the regex's first group
+    heads = {m.group(1) for m in map(re.compile(rf"(?:^|[,/]){group}").search, runs) if m}
+    colour = "&runColorGroup=" + quote("regex:" + group, "") if len(heads) > 1 else ""
     state = ""
     if len(runs) > _MAX_DEFAULT_SELECTED:
         selected = json.dumps(dict.fromkeys(runs, 1), separators=(",", ":"))
         state = "&runSelectionState=" + quote(base64.b64encode(selected.encode()).decode(), "")
     tags = f"tagFilter={quote(TIME_SERIES, '')}"
-    return f"http://{host}:{port}/?smoothing=0&{tags}#timeseries&_smoothingWeight=0&{tags}{state}"
+    query = f"smoothing=0&{tags}{colour}"
+    return f"http://{host}:{port}/?{query}#timeseries&_smoothingWeight=0&{tags}{state}"
 
 
 # python -m xray_loss.runtime.rundirs URL <logdir> <port>: for `make tensorboard`
