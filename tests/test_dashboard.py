@@ -109,7 +109,8 @@ def test_hparams_table_shows_what_the_sweep_varies_as_numbers_and_every_status(t
     ]
     assert infos["loss"]["domainDiscrete"] == ["bce", "ce"]
     metric_tags = [m["name"]["tag"] for m in experiment["metricInfos"]]
-    assert metric_tags[:3] == ["val/auroc_best", "test/auroc", "test/acc"]
+    # the checkpoint's val AUROC, then the threshold-free test scores (TensorBoard shows five)
+    assert metric_tags[:4] == ["val/auroc_best", "test/nll", "test/auroc", "test/brier"]
     rows = {g["sessions"][0]["name"]: g for g in _session_groups(tensorboard)}
     assert set(rows) == JOBS | DIVERGED  # diverged runs keep their row
     for name, row in rows.items():
@@ -134,9 +135,9 @@ def _metric(group: dict, tag: str) -> float:
 def test_the_hparams_table_lists_the_best_run_first_with_its_rank(tensorboard):
     """With no column sorted (as the tab opens), by the checkpoint's val AUROC: failed last."""
     groups = _session_groups(tensorboard)
+    assert {g["sessions"][0]["name"] for g in groups[:2]} == JOBS  # diverged runs last
     aurocs = [_metric(g, "val/auroc_best") for g in groups[:2]]
     assert aurocs == sorted(aurocs, reverse=True)
-    assert {g["sessions"][0]["name"] for g in groups[:2]} == JOBS  # diverged runs last
     for rank, group in enumerate(groups, start=1):  # the table's "Trial ID": rank and run
         assert group["name"] == f"{rank}. {group['sessions'][0]['name']}"
 
