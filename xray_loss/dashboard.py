@@ -31,7 +31,7 @@ from torch.utils.tensorboard.summary import scalar
 from torch.utils.tensorboard.writer import FileWriter
 
 from xray_loss.identity import axis_names, format_value, repeat_keys, sort_key
-from xray_loss.metrics import TRAIN_METRICS, hparam_metrics, metric_names
+from xray_loss.metrics import OBJECTIVE, TRAIN_METRICS, hparam_metrics, metric_names
 from xray_loss.runtime.record import Status, read_record
 from xray_loss.runtime.rundirs import BEST, IMAGES  # viz/: sorts after the curves
 
@@ -79,13 +79,13 @@ class SampleGrid(L.Callback):
 
 def custom_scalars_layout() -> dict[str, dict[str, list]]:
     """The Custom Scalars charts (x = epoch): one per metric that training and validation both
-    log, its ``train/`` and ``val/`` lines together (the gap between them is overfitting), then
-    one per validation-only metric."""
+    log, its ``train/`` and ``val/`` lines together (the gap between them is overfitting), the
+    head's own objective last (not comparable across heads), then the validation-only ones."""
 
     def chart(metric: str, splits: tuple[str, ...]) -> list:
         return ["Multiline", [f"^{re.escape(f'{split}/{metric}')}$" for split in splits]]
 
-    both = [m for m in metric_names() if m in TRAIN_METRICS]
+    both = sorted((m for m in metric_names() if m in TRAIN_METRICS), key=lambda m: m == OBJECTIVE)
     return {
         "train and val": {f"train/val {m}": chart(m, ("train", "val")) for m in both},
         "validation": {f"val {m}": chart(m, ("val",)) for m in metric_names() if m not in both},
