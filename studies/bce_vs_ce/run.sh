@@ -8,7 +8,7 @@ DATA=${1:?"name the Kermany-layout folder: studies/bce_vs_ce/run.sh DATA [OUT]"}
 OUT=${2:-logs/bce_vs_ce}
 PY=${PY:-python}
 shift $(( $# > 1 ? 2 : 1 ))
-for lrs in 1e-5 1e-4,1e-3; do
-    "$PY" -m xray_loss.train -m experiment=bce_vs_ce "data.root=$DATA" "lr=$lrs" \
-        "hydra.sweep.dir=$OUT/lr=$lrs" resume=true "$@"
-done
+"$PY" -m xray_loss.train -m experiment=bce_vs_ce "data.root=$DATA" lr=1e-5 \
+    "hydra.sweep.dir=$OUT/primary" resume=true "$@"
+"$PY" -m xray_loss.train -m experiment=bce_vs_ce "data.root=$DATA" lr=1e-4,1e-3 \
+    "hydra.sweep.dir=$OUT/lr_grid" resume=true "$@"
