@@ -83,7 +83,7 @@ def callbacks(cfg: DictConfig) -> list[L.Callback]:
     """The configured callbacks, plus Optuna's pruning hook in a trial of hparams_search."""
     found = [instantiate(c) for c in cfg.callbacks.values() if c]
     if cfg.get("optuna_trial_id") is not None:
-        from xray_loss.runtime.optuna_pruning import OptunaPruning, trial_from_sweep
+        from xray_loss.runtime.optuna_search import OptunaPruning, trial_from_sweep
 
         found.append(OptunaPruning(trial_from_sweep(int(cfg.optuna_trial_id))))
     return found
