@@ -341,9 +341,9 @@ def test_an_impossible_or_damaged_sidecar_is_refused_and_named(tmp_path, content
     ckpt = tmp_path / "best-epoch003.ckpt"
     sidecar_path(ckpt).write_text(content)
     with pytest.raises(ConfigError) as err:
-        read_sidecar(ckpt)
+        read_sidecar(ckpt, {})  # refused before the weights are compared
     message = str(err.value)
     assert said in message and str(sidecar_path(ckpt)) in message
     assert "recalibrate=" in message and "delete it" in message
     with pytest.raises(ConfigError):  # what eval and predict call
-        applied(None, ckpt)
+        applied(torch.nn.Linear(1, 1), ckpt)

@@ -52,8 +52,9 @@ def run_config(model: XrayClassifier) -> dict[str, Any]:
 
 def operating_point(model: XrayClassifier, ckpt_path: str | Path) -> tuple[dict[str, Any], str]:
     """The operating point that applies to ``model`` (set as its threshold) and where it came
-    from: a recalibrated sidecar beside the checkpoint first, else the checkpoint's own."""
-    point = read_sidecar(ckpt_path)
+    from: a recalibrated sidecar beside the checkpoint first (refused if it was chosen for other
+    weights), else the checkpoint's own."""
+    point = read_sidecar(ckpt_path, model.state_dict())
     if point is not None:
         model.threshold.fill_(float(point["value"]))
         origin = f"recalibrated, {sidecar_path(ckpt_path).name}: {describe(point)}"

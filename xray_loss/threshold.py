@@ -19,15 +19,18 @@ patients, when they are known) and reports optimism-corrected sensitivity and sp
 95% intervals whose coverage was measured by simulation, the threshold's own interval, and a
 warning.
 ``python -m xray_loss.eval recalibrate=FOLDER`` writes one beside a checkpoint
-(:func:`sidecar_path`); eval and predict use it when present.
+(:func:`sidecar_path`), bound to the weights it was chosen for (:func:`weights_digest`); eval
+and predict use it when present and refuse it for any other weights (a checkpoint overwritten
+since, e.g. ``last.ckpt`` by ``resume=true``, or the file copied beside another checkpoint).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +49,19 @@ class RuleError(ValueError):
     """A threshold rule that is not one of the documented forms."""
 
 
+def probability(value: Any) -> float | None:
+    """``value`` as a fixed threshold: a number in [0, 1], else None. The one check of a
+    threshold number, from the command line or from a file: a bool is no number (JSON's
+    ``true`` would read as 1.0, calling every image normal), nor is NaN."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None
+    return number if 0.0 <= number <= 1.0 else None
+
+
 def parse_rule(rule: Any) -> tuple[str, float | None]:
     """``("youden", None)``, ``("sens", 0.95)``, ``("spec", 0.9)`` or ``("fixed", 0.3)``."""
     text = str(rule).strip()
@@ -54,11 +70,8 @@ def parse_rule(rule: Any) -> tuple[str, float | None]:
     match = _TARGET.match(text)
     if match:
         return match.group(1), float(match.group(2))
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:
+    value = probability(rule)
+    if value is None:
         raise RuleError(
             f"threshold rule {rule!r} is not valid: use a probability in [0, 1], youden, "
             f"sens@0.95 (a target sensitivity) or spec@0.90 (a target specificity)."
@@ -265,15 +278,49 @@ def _wilson(rate: float, n: int, z: float = 1.959964) -> tuple[float, float]:
     return centre - half, centre + half
 
 
+# state-dict entries that are no weights: the decision threshold an operating point sets
+# (XrayClassifier.threshold), so a model's digest is the same before and after one applies
+NOT_WEIGHTS = ("threshold",)
+WEIGHTS = "weights_sha256"  # the sidecar's key for the digest of the weights it was chosen for
+
+
+def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """The SHA-256 of a model's weights: each tensor's name, dtype, shape and bytes, in key
+    order. A recalibrated operating point records it, and is refused for any other weights:
+    a threshold is chosen for the scores of the weights it was chosen on."""
+    digest = hashlib.sha256()
+    for key in sorted(k for k in state_dict if k not in NOT_WEIGHTS):
+        tensor = state_dict[key].detach().to("cpu").contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def sidecar_path(ckpt_path: str | Path) -> Path:
     """Where a recalibrated operating point of a checkpoint lives: beside it."""
     path = Path(ckpt_path)
     return path.with_name(f"{path.name}.operating_point.json")
 
 
-def read_sidecar(ckpt_path: str | Path) -> dict[str, Any] | None:
-    """The recalibrated operating point beside a checkpoint (None if there is none), checked
-    like a threshold on the command line: a damaged or impossible one is refused, named."""
+def bound(
+    point: dict[str, Any], ckpt_path: str | Path, state_dict: Mapping[str, torch.Tensor]
+) -> dict[str, Any]:
+    """What a sidecar holds: the operating point, the checkpoint it was chosen for and the
+    digest of that checkpoint's weights, which :func:`read_sidecar` checks."""
+    return {
+        **point,
+        "checkpoint": str(Path(ckpt_path).resolve()),
+        WEIGHTS: weights_digest(state_dict),
+    }
+
+
+def read_sidecar(
+    ckpt_path: str | Path, state_dict: Mapping[str, torch.Tensor]
+) -> dict[str, Any] | None:
+    """The recalibrated operating point beside a checkpoint (None if there is none), for the
+    model whose ``state_dict`` it is to be applied to. Its threshold is checked as one on the
+    command line is (:func:`probability`); a damaged or impossible file, or one chosen for
+    other weights than these (:func:`weights_digest`), is refused, named."""
     from xray_loss.config import ConfigError
 
     path = sidecar_path(ckpt_path)
@@ -285,17 +332,33 @@ def read_sidecar(ckpt_path: str | Path) -> dict[str, Any] | None:
     )
     try:
         point = json.loads(path.read_text())
-        value = float(point["value"])
-        parse_rule(point.get("rule", value))
+        raw = point["value"]
+        parse_rule(point.get("rule", raw))
     except (OSError, ValueError, KeyError, TypeError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(f"The operating point {path} cannot be read ({reason}). {fix}") from None
-    if not 0.0 <= value <= 1.0:  # (NaN fails this too)
+    value = probability(raw)
+    if value is None:
         raise ConfigError(
-            f"The operating point {path} holds threshold {value}, outside [0, 1]: every image "
-            f"would get one class. {fix}"
+            f"The operating point {path} holds threshold {raw!r}, not a probability in [0, 1] "
+            f"(outside [0, 1] every image would get one class). {fix}"
         )
-    return point
+    chosen_for, weights = point.get(WEIGHTS), weights_digest(state_dict)
+    if chosen_for is None:
+        raise ConfigError(
+            f"The operating point {path} does not name the weights it was chosen for (an older "
+            f"xray_loss wrote it), so it cannot be checked against those of {ckpt_path} "
+            f"(weights {weights[:12]}). {fix}"
+        )
+    if chosen_for != weights:
+        raise ConfigError(
+            f"The operating point {path} was chosen for the weights {str(chosen_for)[:12]} of "
+            f"{point.get('checkpoint', 'another checkpoint')}, but {ckpt_path} now holds the "
+            f"weights {weights[:12]}: the checkpoint was overwritten since (resume=true "
+            f"rewrites last.ckpt) or the file was copied beside another checkpoint, and a "
+            f"threshold chosen for other weights does not apply. {fix}"
+        )
+    return {**point, "value": value}
 
 
 def describe(point: dict[str, Any]) -> str:
