@@ -326,8 +326,8 @@ def test_source_and_rule_round_trip_through_checkpoint_metrics_eval_and_predict(
 @pytest.mark.parametrize(
     "content, said",
     [
-        ('{"value": 7.0, "rule": "youden", "source": "site"}', "outside [0, 1]"),
-        ('{"value": NaN, "rule": "youden"}', "outside [0, 1]"),
+        ('{"value": 7.0, "rule": "youden", "source": "site"}', "not a probability in [0, 1]"),
+        ('{"value": NaN, "rule": "youden"}', "not a probability in [0, 1]"),
         ('{"value": 0.4, "rule": "youden", "sou', "cannot be read"),
         ('{"rule": "youden"}', "cannot be read"),
         ('{"value": 0.4, "rule": "sens@2"}', "cannot be read"),

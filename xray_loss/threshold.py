@@ -340,8 +340,8 @@ def read_sidecar(
     value = probability(raw)
     if value is None:
         raise ConfigError(
-            f"The operating point {path} holds threshold {raw!r}, not a probability in [0, 1] "
-            f"(outside [0, 1] every image would get one class). {fix}"
+            f"The operating point {path} holds threshold {raw!r}, which is not a probability in "
+            f"[0, 1]. {fix}"
         )
     chosen_for, weights = point.get(WEIGHTS), weights_digest(state_dict)
     if chosen_for is None:
