@@ -336,7 +336,7 @@ def test_source_and_rule_round_trip_through_checkpoint_metrics_eval_and_predict(
 def test_an_impossible_or_damaged_sidecar_is_refused_and_named(tmp_path, content, said):
     from xray_loss.config import ConfigError
     from xray_loss.inference import operating_point as applied
-    from xray_loss.threshold import read_sidecar
+    from xray_loss.inference import read_sidecar
 
     ckpt = tmp_path / "best-epoch003.ckpt"
     sidecar_path(ckpt).write_text(content)

@@ -38,11 +38,11 @@ from xray_loss.callbacks import TestReport
 from xray_loss.config import ConfigError, quote_path_overrides, setup_process
 from xray_loss.data.kermany_layout import read_labeled_folder
 from xray_loss.data.splits import split_difference
-from xray_loss.inference import load_classifier, run_config
+from xray_loss.inference import bound, load_classifier, run_config
 from xray_loss.inference import operating_point as applied_operating_point
 from xray_loss.metrics import binary_metrics
 from xray_loss.runtime.record import RunRecord, Status, write_json_atomic
-from xray_loss.threshold import SOURCES, bound, describe, operating_point, parse_rule, sidecar_path
+from xray_loss.threshold import SOURCES, describe, operating_point, parse_rule, sidecar_path
 
 log = logging.getLogger("xray_loss.eval")
 EXAMPLE = "python -m xray_loss.eval ckpt_path=logs/train/runs/<run>/checkpoints/best-epoch011.ckpt"

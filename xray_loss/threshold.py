@@ -19,18 +19,17 @@ patients, when they are known) and reports optimism-corrected sensitivity and sp
 95% intervals whose coverage was measured by simulation, the threshold's own interval, and a
 warning.
 ``python -m xray_loss.eval recalibrate=FOLDER`` writes one beside a checkpoint
-(:func:`sidecar_path`), bound to the weights it was chosen for (:func:`weights_digest`); eval
-and predict use it when present and refuse it for any other weights (a checkpoint overwritten
+(:func:`sidecar_path`), bound to the weights it was chosen for
+(``xray_loss.inference.weights_digest``); eval and predict use it when present and refuse it
+for any other weights (a checkpoint overwritten
 since, e.g. ``last.ckpt`` by ``resume=true``, or the file copied beside another checkpoint).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -278,87 +277,10 @@ def _wilson(rate: float, n: int, z: float = 1.959964) -> tuple[float, float]:
     return centre - half, centre + half
 
 
-# state-dict entries that are no weights: the decision threshold an operating point sets
-# (XrayClassifier.threshold), so a model's digest is the same before and after one applies
-NOT_WEIGHTS = ("threshold",)
-WEIGHTS = "weights_sha256"  # the sidecar's key for the digest of the weights it was chosen for
-
-
-def weights_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """The SHA-256 of a model's weights: each tensor's name, dtype, shape and bytes, in key
-    order. A recalibrated operating point records it, and is refused for any other weights:
-    a threshold is chosen for the scores of the weights it was chosen on."""
-    digest = hashlib.sha256()
-    for key in sorted(k for k in state_dict if k not in NOT_WEIGHTS):
-        tensor = state_dict[key].detach().to("cpu").contiguous()
-        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
 def sidecar_path(ckpt_path: str | Path) -> Path:
     """Where a recalibrated operating point of a checkpoint lives: beside it."""
     path = Path(ckpt_path)
     return path.with_name(f"{path.name}.operating_point.json")
-
-
-def bound(
-    point: dict[str, Any], ckpt_path: str | Path, state_dict: Mapping[str, torch.Tensor]
-) -> dict[str, Any]:
-    """What a sidecar holds: the operating point, the checkpoint it was chosen for and the
-    digest of that checkpoint's weights, which :func:`read_sidecar` checks."""
-    return {
-        **point,
-        "checkpoint": str(Path(ckpt_path).resolve()),
-        WEIGHTS: weights_digest(state_dict),
-    }
-
-
-def read_sidecar(
-    ckpt_path: str | Path, state_dict: Mapping[str, torch.Tensor]
-) -> dict[str, Any] | None:
-    """The recalibrated operating point beside a checkpoint (None if there is none), for the
-    model whose ``state_dict`` it is to be applied to. Its threshold is checked as one on the
-    command line is (:func:`probability`); a damaged or impossible file, or one chosen for
-    other weights than these (:func:`weights_digest`), is refused, named."""
-    from xray_loss.config import ConfigError
-
-    path = sidecar_path(ckpt_path)
-    if not path.exists():
-        return None
-    fix = (
-        f"Write it again with `python -m xray_loss.eval ckpt_path={ckpt_path} "
-        f"recalibrate=<labeled folder>`, or delete it to use the checkpoint's own threshold."
-    )
-    try:
-        point = json.loads(path.read_text())
-        raw = point["value"]
-        parse_rule(point.get("rule", raw))
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"The operating point {path} cannot be read ({reason}). {fix}") from None
-    value = probability(raw)
-    if value is None:
-        raise ConfigError(
-            f"The operating point {path} holds threshold {raw!r}, which is not a probability in "
-            f"[0, 1]. {fix}"
-        )
-    chosen_for, weights = point.get(WEIGHTS), weights_digest(state_dict)
-    if chosen_for is None:
-        raise ConfigError(
-            f"The operating point {path} does not name the weights it was chosen for (an older "
-            f"xray_loss wrote it), so it cannot be checked against those of {ckpt_path} "
-            f"(weights {weights[:12]}). {fix}"
-        )
-    if chosen_for != weights:
-        raise ConfigError(
-            f"The operating point {path} was chosen for the weights {str(chosen_for)[:12]} of "
-            f"{point.get('checkpoint', 'another checkpoint')}, but {ckpt_path} now holds the "
-            f"weights {weights[:12]}: the checkpoint was overwritten since (resume=true "
-            f"rewrites last.ckpt) or the file was copied beside another checkpoint, and a "
-            f"threshold chosen for other weights does not apply. {fix}"
-        )
-    return {**point, "value": value}
 
 
 def describe(point: dict[str, Any]) -> str:
