@@ -58,3 +58,23 @@ def test_invalid_augmentation_values_are_named():
         AugmentConfig(crop_scale=1.5)
     with pytest.raises(ValueError, match="rotation"):
         AugmentConfig(rotation=-3)
+
+
+def test_each_image_is_augmented_anew_every_epoch_and_the_same_way_on_a_rerun():
+    dm = PhantomDataModule(
+        n_train=32, n_val=16, n_test=16, image_size=32, batch_size=32, augment={"enabled": True}
+    )
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+
+    def epoch(e: int) -> torch.Tensor:
+        """The epoch's augmented images, in dataset order."""
+        loader.sampler.set_epoch(e)
+        x, _, index = next(iter(loader))
+        return x[index.argsort()]
+
+    first = epoch(0)
+    assert torch.equal(epoch(0), first)  # seeded by (seed, epoch, index), not a global RNG
+    for e in (1, 2):  # every image differently in every epoch: the epoch is part of its seed
+        changed = (epoch(e) - epoch(e - 1)).abs().mean((1, 2, 3))
+        assert (changed > 1e-3).all(), (e, changed.min())

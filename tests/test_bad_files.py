@@ -95,7 +95,9 @@ def test_a_file_name_that_is_not_utf8_trains_and_is_written_readably(tmp_path):
     assert f"test/NORMAL/{SHOWN}" in test.files
     # the test report writes the split's file names: every one of them must be writable
     n = len(test)
-    evaluated = Evaluated(torch.arange(n), test.labels, torch.full((n,), 0.5), torch.tensor(0.0))
+    evaluated = Evaluated(
+        torch.arange(n), test.labels, torch.full((n,), 0.5), torch.zeros(n), torch.tensor(0.0)
+    )
     module = SimpleNamespace(evaluated={"test": evaluated}, threshold=torch.tensor(0.5))
     trainer = SimpleNamespace(datamodule=dm, loggers=[], global_step=0)
     callbacks.TestReport(str(tmp_path / "run")).on_test_end(trainer, module)

@@ -98,8 +98,29 @@ def test_recipe_benchmark_smoke(tmp_path):
     rows = [line for line in out.splitlines() if line.startswith("| recipe |")]
     assert rows and rows[-1].split(" | ")[1] == "2"  # epochs trained
     assert any(line.startswith("| tta (recipe, 5 shifts) |") for line in out.splitlines())
+    _ranked_on_validation_and_tested_once(out, {"recipe", "tta (recipe, 5 shifts)"})
     out = _run(str(ROOT / "bench" / "recipe.py"), *common, "--schedule", "1", cwd=ROOT)
     assert "| before (epoch-sized), 1 min |" in out and "| after (budget-sized), 1 min |" in out
+    _ranked_on_validation_and_tested_once(
+        out, {"before (epoch-sized), 1 min", "after (budget-sized), 1 min"}
+    )
+
+
+def _ranked_on_validation_and_tested_once(out: str, levers: set[str]) -> None:
+    """The levers are compared on validation figures only; the test split is scored once, for
+    the lever ranked first (a choice made on test figures would flatter the test figure)."""
+    headers = [line for line in out.splitlines() if line.startswith("| ") and "lever" in line]
+    assert headers and all("val log-loss" in h and "test" not in h for h in headers), headers
+    ranked = out[out.index("ranked by carve-out validation log-loss") :].splitlines()
+    rows = [line.split(" | ") for line in ranked if line[:2] == "| " and line[2:3].isdigit()]
+    assert {r[1] for r in rows} == levers and [r[0] for r in rows] == [
+        f"| {i}" for i in range(1, len(levers) + 1)
+    ]
+    losses = [float(r[6]) for r in rows]  # val log-loss, lowest first
+    assert losses == sorted(losses)
+    tested = [line for line in out.splitlines() if "test" in line.lower()]
+    assert len(tested) == 1 and tested[0].startswith(f"Chosen on validation: {rows[0][1]}. ")
+    assert "auroc" in tested[0] and "acc" in tested[0]
 
 
 def test_allocator_benchmark_smoke():

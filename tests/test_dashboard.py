@@ -84,9 +84,11 @@ def test_runs_are_named_by_their_swept_values_and_curves_are_per_epoch(tensorboa
     assert set(_get(f"{tensorboard}/data/runs")) == JOBS | DIVERGED
     tags = _get(f"{tensorboard}/data/plugin/scalars/tags")
     for run in JOBS:
-        assert {"train/loss", "train/acc", "val/auroc", "val/acc", "val/loss"} <= set(tags[run])
+        assert {"train/objective", "train/acc", "val/auroc", "val/acc", "val/objective"} <= set(
+            tags[run]
+        )
         assert "epoch" not in tags[run]  # no step counter: the step is the epoch
-        for tag in ("train/loss", "val/auroc"):
+        for tag in ("train/objective", "val/auroc"):
             points = _get(f"{tensorboard}/data/plugin/scalars/scalars?run={run}&tag={tag}")
             assert [step for _, step, _ in points] == [1, 2]  # x = epochs completed
 
@@ -163,6 +165,6 @@ def test_every_logger_writes_offline(workdir):
     with sqlite3.connect(workdir / "logs" / "mlflow.db") as db:
         keys = {k for (k,) in db.execute("select distinct key from metrics")}
         names = {n for (n,) in db.execute("select name from experiments")}
-    assert {"train/loss", "val/auroc", "test/auroc"} <= keys and "train" in names
+    assert {"train/objective", "val/auroc", "test/auroc"} <= keys and "train" in names
     (offline,) = (run / "wandb").glob("offline-run-*")
     assert list(offline.glob("run-*.wandb"))

@@ -9,11 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.conftest import assert_ok, metrics, run_cli
+from tests.conftest import assert_ok, metrics, run_cli, run_dirs
+from tests.fixtures import kermany_cli, make_kermany, make_labeled_folder
 from xray_loss.data.phantom import generate_phantoms
 
 pytestmark = pytest.mark.slow
-NAMES = ["loss", "acc", "auroc", "f1", "sensitivity", "specificity"]
+NAMES = ["objective", "nll", "brier", "acc", "auroc", "f1", "sensitivity", "specificity"]
 
 
 def _best_checkpoint(sweep: Path) -> tuple[Path, Path]:
@@ -89,3 +90,37 @@ def test_predict_classifies_a_folder_of_mixed_images(study_sweep, tmp_path):
     assert float(rows[0]["threshold"]) == pytest.approx(youden, abs=1e-6)
     cams = sorted((out / "cam").glob("*.png"))
     assert len(cams) == 4 and all(p.stat().st_size > 2000 for p in cams)
+
+
+def test_eval_on_a_folder_thresholded_run_scores_val_and_refuses_an_altered_image(workdir):
+    # val/ chooses the threshold (source auto, as experiment=kermany_cpu sets): the datamodule
+    # then has two validation loaders (the carve-out and val/); split=val scores the carve-out
+    root = make_kermany(workdir / "chest_xray", test=False)
+    make_labeled_folder(root / "val", n_normal=4, n_pneumonia=4)
+    small = ["model.backbone.widths=[8,16]", "batch_size=16", "epochs=2"]
+    source = ["threshold.rule=youden", "threshold.source=auto"]
+    quiet = ["callbacks.progress_bar.refresh_rate=0"]
+    assert_ok(run_cli(*kermany_cli(root), *small, *source, *quiet, cwd=workdir))
+    (run,) = run_dirs(workdir / "logs" / "train")
+    record = metrics(run)
+    assert record["operating_point"]["source"] == "auto" and record["operating_point"]["n"] == 8
+    ckpt = next((run / "checkpoints").glob("best-*.ckpt"))
+    assert_ok(run_cli(f"ckpt_path={ckpt}", "split=val", module="xray_loss.eval", cwd=workdir))
+    (out,) = run_dirs(workdir / "logs" / "eval")
+    assert metrics(out)["split"] == "val"
+    for name in ("auroc", "acc", "sensitivity", "specificity"):  # the carve-out, not val/
+        assert metrics(out)["test"][f"test/{name}"] == pytest.approx(
+            record["val"][f"val/{name}"], abs=1e-6
+        ), name
+    # a test image altered under its own name (no copy of any other file: nothing drops it):
+    # only its content digest tells it from the one the run was tested on
+    with open(run / "split.csv") as f:
+        tested = [r["file"] for r in csv.DictReader(f) if r["split"] == "test"]
+    victim = root / tested[0]
+    with Image.open(victim) as image:
+        altered = image.convert("L").rotate(7)
+    altered.save(victim, "JPEG")
+    refused = run_cli(f"ckpt_path={ckpt}", module="xray_loss.eval", cwd=workdir)
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr
+    assert "is not the one" in refused.stderr and "other contents" in refused.stderr
+    assert tested[0] in refused.stderr

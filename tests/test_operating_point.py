@@ -200,6 +200,27 @@ def test_patients_with_many_images_are_resampled_as_patients():
         operating_point(probs, labels, "youden", "x", groups=groups[:-1])
 
 
+def test_a_patients_identical_images_weigh_as_one_image_in_the_threshold_bootstrap():
+    """20 patients with 10 identical images each: drawing patients with all their images gives,
+    resample for resample, the bootstrap of one image per patient (the same draws, each image
+    counted ten times); drawing images would see 200 pieces of evidence and narrow the
+    threshold's interval, which no Wilson floor widens again."""
+    g = torch.Generator().manual_seed(0)
+    patient_labels = (torch.arange(20) % 2).long()
+    patient_probs = torch.sigmoid(torch.randn(20, generator=g) + MU * patient_labels)
+    probs, labels = patient_probs.repeat_interleave(10), patient_labels.repeat_interleave(10)
+    groups = [f"person{i:02d}" for i in range(20) for _ in range(10)]  # in the images' order
+    by_patient = operating_point(probs, labels, "youden", "x", n_boot=300, groups=groups)
+    one_each = operating_point(patient_probs, patient_labels, "youden", "x", n_boot=300)
+    by_image = operating_point(probs, labels, "youden", "x", n_boot=300)
+    assert by_patient["threshold_ci"] == pytest.approx(one_each["threshold_ci"], abs=1e-6)
+    for name in ("sensitivity", "specificity"):
+        assert by_patient[name] == pytest.approx(one_each[name], abs=1e-6), name
+    width = {k: p["threshold_ci"][1] - p["threshold_ci"][0] for k, p in
+             (("patient", by_patient), ("image", by_image))}  # fmt: skip
+    assert width["patient"] > 1.5 * width["image"], width
+
+
 def test_a_fixed_threshold_reports_its_in_sample_rates():
     probs, labels = _sample(100)
     point = operating_point(probs, labels, 0.5, "x", n_boot=200)

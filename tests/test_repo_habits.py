@@ -9,10 +9,13 @@ hook environments from PyPI into ~/.cache/pre-commit (once; the test skips when 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import warnings
 from pathlib import Path
 
@@ -86,14 +89,13 @@ def test_workflow_runs_lint_and_tests_on_both_pythons():
     assert "push" in on and "pull_request" in on, f"CI must run on push and pull_request: {on}"
 
     jobs = wf.get("jobs")
-    assert isinstance(jobs, dict) and len(jobs) == 1, "expected one CI job"
-    (job,) = jobs.values()
+    assert isinstance(jobs, dict) and set(jobs) == {"pythons", "test"}, f"jobs: {jobs}"
+    job = jobs["test"]
     assert job.get("runs-on") == "ubuntu-latest"
-
+    # the versions come from the job that reads pyproject.toml (next test), none written here
+    assert job.get("needs") == "pythons"
     versions = job["strategy"]["matrix"]["python-version"]
-    # Strings, not floats: unquoted 3.10 is the float 3.1 and would install Python 3.1.
-    assert all(isinstance(v, str) for v in versions), f"quote the Python versions: {versions!r}"
-    assert versions == ["3.10", "3.12"]
+    assert versions == "${{ fromJSON(needs.pythons.outputs.versions) }}", versions
 
     # CPU-only torch on the runners (no GPU there): the CUDA wheels are several GB.
     env = {**wf.get("env", {}), **job.get("env", {})}
@@ -109,6 +111,47 @@ def test_workflow_runs_lint_and_tests_on_both_pythons():
     with_ = steps[setup].get("with", {})
     assert with_.get("python-version") == "${{ matrix.python-version }}"
     assert with_.get("cache") == "pip"
+
+
+def test_ci_tests_the_oldest_python_pyproject_allows_and_no_other_source_names_it(tmp_path):
+    """pyproject.toml's requires-python is the one source of the oldest supported Python: the
+    workflow's `pythons` job, run here as CI runs it, must find that version (3.10, which
+    ">=3.11" cannot install, once stood in the matrix), and ruff must target it."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    allowed = SpecifierSet(project["project"]["requires-python"])
+    job = _load(WORKFLOW)["jobs"]["pythons"]
+    (read,) = [s for s in _steps(job) if s.get("id") == "read"]
+    output = tmp_path / "github_output"
+    proc = subprocess.run(
+        ["bash", "-c", read["run"]],
+        cwd=ROOT,
+        env={
+            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",  # python3 >= 3.11
+            "GITHUB_OUTPUT": str(output),
+            **read.get("env", {}),
+        },
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    key, _, value = output.read_text().strip().partition("=")
+    versions = json.loads(value)
+    assert key == "versions" and job["outputs"]["versions"] == "${{ steps.read.outputs.versions }}"
+    assert all(isinstance(v, str) for v in versions), f"versions as strings: {versions!r}"
+    assert all(Version(v) in allowed for v in versions), (versions, str(allowed))
+    oldest = Version(versions[0])
+    below = Version(f"{oldest.major}.{oldest.minor - 1}")
+    assert below not in allowed, f"{below} is allowed by {allowed} but CI starts at {oldest}"
+    assert Version(versions[-1]) > oldest, "the newest Python tested is newer than the oldest"
+    # the other place pyproject.toml names a Python: ruff's target follows requires-python
+    assert project["tool"]["ruff"]["target-version"] == f"py{oldest.major}{oldest.minor}"
+    assert not re.search(r"3\.\d+", json.dumps(_load(WORKFLOW)["jobs"]["test"])), (
+        "the test job names a Python version of its own"
+    )
 
 
 def test_workflow_matches_github_schema():

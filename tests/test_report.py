@@ -15,7 +15,7 @@ from xray_loss.report import auroc, expected_calibration_error, make_report, sig
 from xray_loss.report.runs import identity, load_runs
 
 pytestmark = pytest.mark.slow
-NAMES = ["loss", "acc", "auroc", "f1", "sensitivity", "specificity"]
+NAMES = ["objective", "nll", "brier", "acc", "auroc", "f1", "sensitivity", "specificity"]
 
 
 def test_report_writes_the_study_figures_and_summary(study_sweep, tmp_path):
@@ -31,9 +31,9 @@ def test_report_writes_the_study_figures_and_summary(study_sweep, tmp_path):
     fig1 = figures["fig1_loss_compare"]["data"]
     assert fig1["columns"] == lrs
     for column in lrs:
-        assert list(fig1["panels"][column]) == ["train/acc", "val/acc", "train/loss", "val/loss"]
+        assert list(fig1["panels"][column]) == ["train/nll", "val/nll", "train/acc", "val/acc"]
         assert all(set(series) == {"BCE", "CE"} for series in fig1["panels"][column].values())
-    ce = fig1["panels"]["lr=1e-05"]["val/loss"]["CE"]
+    ce = fig1["panels"]["lr=1e-05"]["val/nll"]["CE"]
     assert ce["epochs"] == [1, 2, 3, 4, 5]  # epochs=100 scaled to 5
     assert len(ce["seeds"]) == 2 and ce["mean"] == pytest.approx(
         [sum(v) / 2 for v in zip(*ce["seeds"], strict=True)]
@@ -66,7 +66,7 @@ def test_report_writes_the_study_figures_and_summary(study_sweep, tmp_path):
     assert "dry run: 10/30/100 epochs nominal, 1/2/5 trained" in title
     fig2_lr = figures["fig2_lr"]["data"]
     assert fig2_lr["columns"] == ["BCE", "CE"]  # both heads
-    assert all(set(fig2_lr["panels"][h]["train/loss"]) == set(lrs) for h in ("BCE", "CE"))
+    assert all(set(fig2_lr["panels"][h]["train/objective"]) == set(lrs) for h in ("BCE", "CE"))
     calibration = figures["calibration"]["data"]
     assert calibration["columns"] == lrs and calibration["bins"] == 10
     title = calibration["title"].replace("\n", " ")

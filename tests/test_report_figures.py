@@ -79,7 +79,7 @@ def test_the_heads_are_compared_at_every_lr_in_one_panel_each():
     for column in LR_COLUMNS:
         assert list(data["panels"][column]) == list(CURVES)
         assert all(set(s) == {"BCE", "CE"} for s in data["panels"][column].values())
-        assert data["panels"][column]["val/loss"]["CE"]["epochs"] == list(range(1, 11))
+        assert data["panels"][column]["val/nll"]["CE"]["epochs"] == list(range(1, 11))
     assert data["title"].startswith("BCE vs CE: per-epoch curves, one column per lr")
     assert "epochs=100 (longest; runs of fewer epochs are its first epochs)" in data["title"]
     assert "lr=1e-05 ·" not in data["title"]  # lr is no held setting: every value is shown
@@ -90,7 +90,7 @@ def test_the_lr_curves_have_a_column_per_head():
     plt.close(fig)
     assert data["columns"] == ["BCE", "CE"]
     for column in ("BCE", "CE"):
-        assert set(data["panels"][column]["train/loss"]) == set(LR_COLUMNS)
+        assert set(data["panels"][column]["train/nll"]) == set(LR_COLUMNS)
 
 
 def test_the_epoch_budgets_show_both_heads_at_every_lr_with_both_intervals():

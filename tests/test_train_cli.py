@@ -24,7 +24,7 @@ from xray_loss.module import XrayClassifier
 pytestmark = pytest.mark.slow
 
 NAMES = ["loss", "acc", "auroc", "f1", "sensitivity", "specificity"]
-SCALARS = ["train/loss", "train/acc"] + [f"{s}/{m}" for s in ("val", "test") for m in NAMES]
+SCALARS = ["train/objective", "train/acc"] + [f"{s}/{m}" for s in ("val", "test") for m in NAMES]
 HPARAMS = {"loss", "lr", "epochs", "batch_size", "model", "data", "seed"}
 
 

@@ -92,9 +92,16 @@ class Head(nn.Module):
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def log_odds(self, logits: torch.Tensor) -> torch.Tensor:
+        """The decision logit d, P(pneumonia) = sigmoid(d): what the head-independent measures
+        (NLL, Brier) are computed from. A head that defines only ``prob`` gets logit(prob)."""
+        if type(self).prob is Head.prob:
+            raise NotImplementedError(f"{type(self).__name__} defines neither log_odds nor prob")
+        return torch.logit(self.prob(logits).double()).to(logits.dtype)
+
     def prob(self, logits: torch.Tensor) -> torch.Tensor:
         """P(pneumonia) for each row of logits."""
-        raise NotImplementedError
+        return torch.sigmoid(self.log_odds(logits))
 
 
 class BCEHead(Head):
@@ -140,8 +147,8 @@ class BCEHead(Head):
             logits[:, 0], target.to(logits.dtype), pos_weight=self.pos_weight
         )
 
-    def prob(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits[:, 0])
+    def log_odds(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, 0]
 
 
 class CEHead(Head):
@@ -197,9 +204,9 @@ class CEHead(Head):
         weight = None if self.class_weights is None else self.class_weights.to(logits.dtype)
         return F.cross_entropy(logits, target, weight=weight, label_smoothing=self.label_smoothing)
 
-    def prob(self, logits: torch.Tensor) -> torch.Tensor:
-        # sigmoid of the difference logit == softmax(z)[:, 1], without a softmax over 2 columns
-        return torch.sigmoid(logits[:, 1] - logits[:, 0])
+    def log_odds(self, logits: torch.Tensor) -> torch.Tensor:
+        # the difference logit: sigmoid(d) == softmax(z)[:, 1], without a softmax over 2 columns
+        return logits[:, 1] - logits[:, 0]
 
 
 class FocalHead(Head):
@@ -240,5 +247,5 @@ class FocalHead(Head):
             reduction="mean",
         )
 
-    def prob(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits[:, 0])
+    def log_odds(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, 0]

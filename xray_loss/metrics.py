@@ -15,11 +15,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
+import torch.nn.functional as F
 from torchmetrics.functional.classification import (
     binary_accuracy,
-    binary_auroc,
     binary_f1_score,
     binary_recall,
     binary_roc,
@@ -29,35 +30,75 @@ from torchmetrics.functional.classification import (
 STAGES = ("train", "val", "test")
 
 
+def nll(log_odds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of the labels under P(pneumonia) = sigmoid(log_odds): the
+    same number for every head (BCE's and CE's objectives equal it only without weights,
+    label smoothing or focusing). From the log-odds, so a confident error is not clipped."""
+    return F.binary_cross_entropy_with_logits(log_odds.float(), labels.float())
+
+
+def auroc(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """AUROC as the Mann-Whitney statistic: the share of (pneumonia, normal) pairs ranked right,
+    ties counted half, from average ranks in float64. Two epochs that misrank the same number
+    of pairs get the same value to the bit, so the checkpoint's strict comparison keeps the
+    earlier one; a trapezoid over the ROC (torchmetrics) can round them apart."""
+    values, inverse, counts = torch.unique(probs.double(), return_inverse=True, return_counts=True)
+    ends = counts.cumsum(0).double()
+    average_rank = ends - (counts.double() - 1) / 2  # 1-based, ties share their mean rank
+    positive = labels.bool()
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    u = average_rank[inverse][positive].sum() - n_pos * (n_pos + 1) / 2
+    return u / (n_pos * n_neg)
+
+
+def brier(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of P(pneumonia): a proper score bounded in [0, 1]."""
+    return (probs.float() - labels.float()).square().mean()
+
+
 @dataclass(frozen=True)
 class Score:
     """How a metric is computed from one evaluated set: from the decisions (``P >= threshold``,
-    so it depends on the threshold) or from the probabilities (``ranks``: AUROC)."""
+    so it depends on the threshold), from the probabilities (``probs``: AUROC, Brier) or from
+    the log-odds of P(pneumonia) (``log_odds``: NLL); ``lower`` when smaller is better."""
 
     fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-    ranks: bool = False
+    uses: str = "decisions"  # decisions, probs or log_odds
     label: str = ""  # as a table's header names it (default: the name)
+    lower: bool = False
+    both_classes: bool = False  # undefined (NaN) on a set of one class
+
+    @property
+    def ranks(self) -> bool:
+        """Independent of the threshold (reported once, not again at 0.5)."""
+        return self.uses != "decisions"
 
 
-# The metrics of the evaluation stages (val, test), besides the head's loss: adding one here
-# is the whole change. The module logs it, metrics.json and sweep_summary.csv record it,
-# TensorBoard charts it (a chart and an HParams column) and summary.md tabulates it.
+# The metrics of the evaluation stages (val, test), besides the head's own objective: adding
+# one here is the whole change. The module logs it, metrics.json and sweep_summary.csv record
+# it, TensorBoard charts it (a chart and an HParams column) and summary.md tabulates it. NLL and
+# Brier are the head-independent measures of P(pneumonia): compare heads on them, never on
+# each head's own objective (a focal head's objective is small whatever its calibration).
 SCORES: dict[str, Score] = {
-    "acc": Score(binary_accuracy, label="accuracy"),
-    "auroc": Score(binary_auroc, ranks=True, label="AUROC"),
-    "sensitivity": Score(binary_recall),
-    "specificity": Score(binary_specificity),
-    "f1": Score(binary_f1_score, label="F1"),  # last: TensorBoard's HParams shows 5 metrics
+    "nll": Score(nll, uses="log_odds", label="NLL", lower=True),
+    "auroc": Score(auroc, uses="probs", label="AUROC", both_classes=True),
+    "brier": Score(brier, uses="probs", label="Brier", lower=True),
+    "acc": Score(partial(binary_accuracy, validate_args=False), label="accuracy"),
+    "sensitivity": Score(partial(binary_recall, validate_args=False)),
+    "specificity": Score(partial(binary_specificity, validate_args=False)),
+    "f1": Score(partial(binary_f1_score, validate_args=False), label="F1"),
 }
-# `train/` logs loss and acc only
-TRAIN_METRICS = ("loss", "acc")
+# the head's own training loss, logged per stage under this name (not comparable across heads)
+OBJECTIVE = "objective"
+# `train/` logs these (running means over the epoch's batches)
+TRAIN_METRICS = (OBJECTIVE, "nll", "brier", "acc")
 # the per-epoch curves the report draws
-CURVES = ("train/acc", "val/acc", "train/loss", "val/loss")
+CURVES = ("train/nll", "val/nll", "train/acc", "val/acc")
 
 
 def metric_names() -> tuple[str, ...]:
-    """``loss`` and every score, in the order tables show them."""
-    return ("loss", *SCORES)
+    """The head's objective and every score, in the order tables show them."""
+    return (OBJECTIVE, *SCORES)
 
 
 def threshold_metrics() -> tuple[str, ...]:
@@ -66,7 +107,8 @@ def threshold_metrics() -> tuple[str, ...]:
 
 
 def hparam_metrics() -> tuple[str, ...]:
-    """The HParams table's metric columns: what a run is judged by, the ranking ones first."""
+    """The HParams table's metric columns: what a run is judged by, the threshold-free ones
+    first (TensorBoard shows the first five)."""
     ordered = sorted(SCORES, key=lambda name: not SCORES[name].ranks)  # stable: table order
     return ("val/auroc_best", *(f"test/{name}" for name in ordered))
 
@@ -77,21 +119,27 @@ def decide(probs: torch.Tensor, threshold: float | torch.Tensor) -> torch.Tensor
 
 
 def binary_metrics(
-    probs: torch.Tensor, labels: torch.Tensor, threshold: float
+    probs: torch.Tensor,
+    labels: torch.Tensor,
+    threshold: float,
+    log_odds: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Every score of :data:`SCORES` on one evaluated set at ``threshold``.
 
-    A ranking score (AUROC) is NaN when the set holds one class (it is undefined, not 0 or 0.5).
+    AUROC is NaN when the set holds one class (it is undefined, not 0 or 0.5); every score is
+    NaN on an empty set. ``log_odds`` defaults to logit(probs) (exact from a head's log-odds).
     """
     probs, labels = probs.float(), labels.long()
-    preds = decide(probs, threshold).long()  # integer predictions: torchmetrics applies no rule
+    if log_odds is None:
+        log_odds = torch.logit(probs.double()).float()
+    inputs = {"decisions": decide(probs, threshold).long(), "probs": probs, "log_odds": log_odds}
     both = bool(labels.numel()) and bool(labels.min() != labels.max())
     out = {}
     for name, score in SCORES.items():
-        if score.ranks:
-            value = score.fn(probs, labels, validate_args=False) if both else torch.tensor(math.nan)
-        else:
-            value = score.fn(preds, labels, validate_args=False)
+        if not labels.numel() or (score.both_classes and not both):
+            value = torch.tensor(math.nan)
+        else:  # decisions are integers: torchmetrics applies no rule of its own
+            value = score.fn(inputs[score.uses], labels)
         out[name] = value.to(probs.device)
     return out
 

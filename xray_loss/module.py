@@ -13,10 +13,20 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAccuracy
 
-from xray_loss.metrics import binary_metrics, decide, threshold_metrics, youden_threshold
+from xray_loss.metrics import (
+    OBJECTIVE,
+    TRAIN_METRICS,
+    binary_metrics,
+    brier,
+    decide,
+    nll,
+    threshold_metrics,
+    youden_threshold,
+)
 from xray_loss.threshold import choose, operating_point, parse_rule
 
 
@@ -27,7 +37,8 @@ class Evaluated:
     index: torch.Tensor
     labels: torch.Tensor
     probs: torch.Tensor  # float32 P(pneumonia)
-    loss: torch.Tensor
+    log_odds: torch.Tensor  # float32 d, P(pneumonia) = sigmoid(d): the head-independent NLL
+    objective: torch.Tensor  # the head's own loss (comparable within one head only)
 
 
 class XrayClassifier(L.LightningModule):
@@ -97,9 +108,16 @@ class XrayClassifier(L.LightningModule):
         self.use_channels_last = channels_last is True
         self._logits = self._logits_eager
         # training statistics accumulate on the device and are logged once per epoch: no
-        # input validation, NaN checks (host syncs) or logging machinery on the hot path
-        self.train_acc = BinaryAccuracy(validate_args=False)
-        self.train_loss = MeanMetric(nan_strategy="disable")
+        # input validation, NaN checks (host syncs) or logging machinery on the hot path.
+        # TRAIN_METRICS: the head's objective, the head-independent NLL and Brier, accuracy
+        self.train_metrics = nn.ModuleDict(
+            {
+                name: BinaryAccuracy(validate_args=False)
+                if name == "acc"
+                else MeanMetric(nan_strategy="disable")
+                for name in TRAIN_METRICS
+            }
+        )
         self._outputs: dict[str, list[tuple[torch.Tensor, ...]]] = {
             "val": [],
             "calibration": [],
@@ -153,9 +171,12 @@ class XrayClassifier(L.LightningModule):
         logits = self(x)
         with self._fp32():
             loss = self.head.loss(logits, y)
-            probs = self.head.prob(logits.detach())
-        self.train_acc.update(decide(probs, self.threshold).long(), y)
-        self.train_loss.update(loss.detach().expand(y.shape[0]))  # weighted by batch
+            log_odds = self.head.log_odds(logits.detach())
+            probs = torch.sigmoid(log_odds)
+            means = {OBJECTIVE: loss.detach(), "nll": nll(log_odds, y), "brier": brier(probs, y)}
+        for name, value in means.items():
+            self.train_metrics[name].update(value.expand(y.shape[0]))  # weighted by batch
+        self.train_metrics["acc"].update(decide(probs, self.threshold).long(), y)
         return loss
 
     def _log_epoch_as_step(self) -> None:
@@ -171,10 +192,9 @@ class XrayClassifier(L.LightningModule):
         # the backbone's learning rate this epoch, on the epoch axis like every other curve
         # (Lightning's LearningRateMonitor logs at the optimizer step)
         self.log("train/lr", self._epoch_lr)
-        self.log("train/loss", self.train_loss.compute(), prog_bar=True)
-        self.log("train/acc", self.train_acc.compute(), prog_bar=True)
-        self.train_loss.reset()
-        self.train_acc.reset()
+        for name, metric in self.train_metrics.items():
+            self.log(f"train/{name}", metric.compute(), prog_bar=name in ("nll", "acc"))
+            metric.reset()
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         # the lr of this epoch: read at its first batch in this process (also after a resume
@@ -220,8 +240,10 @@ class XrayClassifier(L.LightningModule):
         self._log_metrics("test", self._evaluate("test"))
 
     def _log_metrics(self, stage: str, result: Evaluated) -> None:
-        values = binary_metrics(result.probs, result.labels, float(self.threshold))
-        values = {"loss": result.loss, **values}
+        values = binary_metrics(
+            result.probs, result.labels, float(self.threshold), log_odds=result.log_odds
+        )
+        values = {OBJECTIVE: result.objective, **values}
         if stage == "test":  # and at 0.5, to show what the chosen operating point changes
             at_half = binary_metrics(result.probs, result.labels, 0.5)
             values.update({f"{k}@0.5": at_half[k] for k in threshold_metrics()})
@@ -277,9 +299,12 @@ class XrayClassifier(L.LightningModule):
         first[1:] = index[1:] != index[:-1]
         index, logits, labels = index[first], logits[first].float(), labels[first]
         with self._fp32():
+            log_odds = self.head.log_odds(logits)
             probs = self.head.prob(logits)
             loss = self.head.loss(logits, labels) if len(labels) else torch.tensor(float("nan"))
-        result = Evaluated(index.cpu(), labels.cpu(), probs.cpu(), loss.detach().cpu())
+        result = Evaluated(
+            index.cpu(), labels.cpu(), probs.cpu(), log_odds.cpu(), loss.detach().cpu()
+        )
         self.evaluated[stage] = result
         return result
 

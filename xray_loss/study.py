@@ -48,7 +48,7 @@ def matched_lr(grid: Path) -> tuple[float, dict[float, float]]:
     longest = max(int(r.config["epochs"]) for r in runs)
     best: dict[float, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
-        losses = [v for _, v in r.curves.get("val/loss", [])]
+        losses = [v for _, v in r.curves.get("val/objective", [])]
         if int(r.config["epochs"]) == longest and losses:
             best[float(r.config["lr"])][str(r.config["loss"])].append(min(losses))
     gaps = {

@@ -100,7 +100,7 @@ def summarise(trainer: L.Trainer, module, val: dict, test: dict, budgets: dict) 
         "epochs_trained": epochs,  # complete epochs (a cut one is not counted)
         "steps": trainer.global_step,
         "images_seen": TimeBudget.images_seen(trainer),  # all ranks, across resumes
-        "final_lr": trainer.optimizers[0].param_groups[0]["lr"],  # the backbone's, at the end
+        "final_lr": getattr(module, "_epoch_lr", None),  # the backbone's in the last trained epoch
         "threshold": float(module.threshold),  # of val and test metrics: P >= it is pneumonia
         "operating_point": module.operating_point_report(),
         "val": {k: float(v) for k, v in val.items()},

@@ -238,9 +238,12 @@ class XrayDataModule(L.LightningDataModule):
             persistent_workers=workers > 0,
             pin_memory=on_cuda and not self.on_device,
             collate_fn=keep_batch,
-            # the workers' base seed, drawn from this generator rather than the global RNG
-            # (which dropout draws from); augmentation does not use it (SampleKey)
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
+            # every new iterator draws its workers' base seed from this generator, not from the
+            # global RNG that dropout and stochastic depth draw from: with persistent workers a
+            # val/test loader makes one iterator per process, without them one per validation,
+            # so drawing from the global RNG would make workers and resumes change the weights.
+            # Augmentation does not use it (SampleKey).
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

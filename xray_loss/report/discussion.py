@@ -59,7 +59,7 @@ def discussion(
             lr,
             e,
             paired(cells, "bce", "ce", lr, e, "auroc"),
-            paired(cells, "bce", "ce", lr, e, "loss"),
+            paired(cells, "bce", "ce", lr, e, "objective"),
         )
         for lr in lrs
         for e in budgets
@@ -68,8 +68,8 @@ def discussion(
     best_val, val_auroc = best(cells, lambda r: float(r.record.get("best_val_auroc", math.nan)))
     best_test, test_auroc = best(cells, lambda r: r.test("auroc"))
     seeds = max(len(s) for s in cells.values())
-    alone = paired(cells, "bce_matched", "ce", matched_lr, longest, "loss")
-    total = paired(cells, "bce", "ce", matched_lr, longest, "loss")
+    alone = paired(cells, "bce_matched", "ce", matched_lr, longest, "objective")
+    total = paired(cells, "bce", "ce", matched_lr, longest, "objective")
     controls = ""
     if alone["n"] > 1:
         controls = (
@@ -135,7 +135,7 @@ def discussion(
         for lr, e, a, lo in head_rows
     ]
     std_auroc = seed_std(cells, "bce", "auroc")
-    std_loss = seed_std(cells, "bce", "loss")
+    std_loss = seed_std(cells, "bce", "objective")
     lines += [
         "",
         f"For scale: the typical seed-to-seed std of BCE's test AUROC is {std_auroc:.4f} and of "
@@ -187,11 +187,11 @@ def matched_section(cells: dict, lr: float, epochs: int, gaps: dict[float, float
         "|---|---|---|",
     ]
     for text, a, b in rows:
-        auroc, loss = (paired(cells, a, b, lr, epochs, m) for m in ("auroc", "loss"))
+        auroc, loss = (paired(cells, a, b, lr, epochs, m) for m in ("auroc", "objective"))
         lines.append(f"| {text} | {diff_text(auroc)} | {diff_text(loss)} |")
-    total = paired(cells, "bce", "ce", lr, epochs, "loss")
-    dynamics = paired(cells, "bce", "bce_matched", lr, epochs, "loss")
-    loss_alone = paired(cells, "bce_matched", "ce", lr, epochs, "loss")
+    total = paired(cells, "bce", "ce", lr, epochs, "objective")
+    dynamics = paired(cells, "bce", "bce_matched", lr, epochs, "objective")
+    loss_alone = paired(cells, "bce_matched", "ce", lr, epochs, "objective")
     if total["n"] > 1 and dynamics["n"] > 1 and loss_alone["n"] > 1:
         width = loss_alone["high"] - loss_alone["low"]
         lines += [

@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from xray_loss.metrics import CURVES
+from xray_loss.metrics import CURVES, OBJECTIVE, SCORES
 from xray_loss.report.panels import (
     interval_key,
     label,
@@ -31,7 +31,8 @@ from xray_loss.report.panels import (
 )
 from xray_loss.report.runs import Run, format_value, sort_key, value
 
-PANEL_TITLES = {"acc": "accuracy", "loss": "loss", "auroc": "AUROC"}
+# a panel's y label: a score's label, or the head's own objective
+PANEL_TITLES = {**{n: s.label or n for n, s in SCORES.items()}, OBJECTIVE: "head objective"}
 CI_NOTE = "bar: 95% CI of the mean over test sampling (bootstrap, models fixed; not seeds)"
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from xray_loss.report.paired import sign_flip_test
 from xray_loss.report.runs import Run
-from xray_loss.report.stats import mean_std
+from xray_loss.report.stats import mean_std, t_interval
 
 HEADS = {"bce": "BCE", "ce": "CE", "bce_matched": "BCE matched to CE", "ce_matched": "CE matched"}
 
@@ -33,20 +33,16 @@ def cells_of(runs: list[Run]) -> dict[tuple[str, float, int], dict[int, Run]]:
     return cells
 
 
-# two-sided 95% quantiles of Student's t by degrees of freedom (beyond 30: the normal's)
-_T975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
-
-
 def paired(cells: dict, a: str, b: str, lr: float, epochs: int, metric: str) -> dict[str, Any]:
     """Test ``metric`` of head ``b`` minus head ``a`` at (lr, epochs), paired by seed: mean,
     std, 95% t-interval over the seeds and the sign-flip p."""
     x, y = cells.get((a, lr, epochs), {}), cells.get((b, lr, epochs), {})
     diffs = [y[s].test(metric) - x[s].test(metric) for s in sorted(set(x) & set(y))]
+    cell = f"{HEADS.get(b, b)} minus {HEADS.get(a, a)}, test {metric} at lr={lr}, {epochs} epochs"
+    low, high = t_interval(diffs, cell)  # (refuses a NaN difference, naming the cell)
     mean, std = mean_std(diffs)
-    n = len(diffs)
-    half = _T975.get(n - 1, 2.05 if n <= 30 else 1.96) * std / math.sqrt(n) if n > 1 else math.nan
-    return {"n": n, "mean": mean, "std": std, "low": mean - half, "high": mean + half,
-            "p": sign_flip_test(diffs)}  # fmt: skip
+    return {"n": len(diffs), "mean": mean, "std": std, "low": low, "high": high,
+            "p": sign_flip_test(diffs, cell=cell)}  # fmt: skip
 
 
 def diff_text(d: dict[str, Any]) -> str:
@@ -69,13 +65,13 @@ def overfitting(runs: list[Run]) -> list[dict[str, Any]]:
     longest = max(int(r.config["epochs"]) for r in runs)
     groups: dict[tuple[str, float], list[Run]] = defaultdict(list)
     for r in runs:
-        if int(r.config["epochs"]) == longest and r.curves.get("val/loss"):
+        if int(r.config["epochs"]) == longest and r.curves.get("val/objective"):
             groups[(str(r.config["loss"]), float(r.config["lr"]))].append(r)
     rows = []
     for (head, lr), members in sorted(groups.items()):
-        n = min(len(r.curves["val/loss"]) for r in members)
-        val = np.mean([[v for _, v in r.curves["val/loss"][:n]] for r in members], axis=0)
-        train = np.mean([r.curves["train/loss"][n - 1][1] for r in members])
+        n = min(len(r.curves["val/objective"]) for r in members)
+        val = np.mean([[v for _, v in r.curves["val/objective"][:n]] for r in members], axis=0)
+        train = np.mean([r.curves["train/objective"][n - 1][1] for r in members])
         low = int(np.argmin(val))
         epochs = [e for e, _ in members[0].curves["val/loss"][:n]]
         rows.append(

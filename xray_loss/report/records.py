@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from xray_loss.metrics import CURVES
+from xray_loss.metrics import CURVES, OBJECTIVE
 from xray_loss.runtime.record import Status
 from xray_loss.threshold import probability
 
@@ -30,6 +30,27 @@ def is_evaluation(record: dict[str, Any]) -> bool:
 def time_stopped(record: dict[str, Any]) -> bool:
     """Ended by the trainer's ``max_time``: fewer epochs than nominal (older records: no)."""
     return record.get("stopped_by") == TIME_STOPPED
+
+
+def current_tag(tag: str) -> str:
+    """A metric's name as this version logs it: records before 2026-12 logged each head's own
+    objective as ``<stage>/loss``."""
+    stage, _, name = tag.rpartition("/")
+    return f"{stage}/{OBJECTIVE}" if stage and name == "loss" else tag
+
+
+def current_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A metrics.json with this version's metric names (older records keep working)."""
+    out = dict(record)
+    for part in ("val", "test"):
+        if isinstance(out.get(part), dict):
+            out[part] = {current_tag(k): v for k, v in out[part].items()}
+    if isinstance(out.get("budgets"), dict):
+        out["budgets"] = {
+            n: {**b, "test": {current_tag(k): v for k, v in (b.get("test") or {}).items()}}
+            for n, b in out["budgets"].items()
+        }
+    return out
 
 
 CURVES_CSV = "curves.csv"  # the curves of a run kept without its events (docs/results)
@@ -55,21 +76,23 @@ def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
         kept: dict[str, list[tuple[int, float]]] = {}
         with open(run_dir / CURVES_CSV, newline="") as f:
             for row in csv.DictReader(f):
-                kept.setdefault(row["tag"], []).append((int(row["epoch"]), float(row["value"])))
+                point = (int(row["epoch"]), float(row["value"]))
+                kept.setdefault(current_tag(row["tag"]), []).append(point)
         return kept
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     ea = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     ea.Reload()
-    tags = set(ea.Tags().get("scalars", []))
+    logged = {current_tag(t): t for t in ea.Tags().get("scalars", [])}  # older names too
+    tags = set(logged)
     step_epoch = {}
     if "epoch" in tags:
         step_epoch = {e.step: int(round(e.value)) + 1 for e in ea.Scalars("epoch")}
     curves = {}
-    for tag in (*CURVES, "val/auroc"):
+    for tag in (*CURVES, f"train/{OBJECTIVE}", f"val/{OBJECTIVE}", "val/auroc"):
         if tag not in tags:
             continue
-        events = ea.Scalars(tag)
+        events = ea.Scalars(logged[tag])
         older = bool(step_epoch) and all(e.step in step_epoch for e in events)
         by_epoch: dict[int, float] = {}
         for event in events:  # a resumed run may repeat a step: the last one wins

@@ -31,6 +31,7 @@ from xray_loss.identity import (
 )
 from xray_loss.report.records import (
     completed_records,
+    current_record,
     is_evaluation,
     read_curves,
     read_predictions,
@@ -178,7 +179,7 @@ def load_runs(paths: list[Path]) -> tuple[list[Run], list[tuple[Path, str]]]:
     runs, skipped = [], []
     found = sorted({p.parent for root in paths for p in Path(root).rglob("metrics.json")})
     for run_dir in found:
-        record = read_record(run_dir) or {"status": "unreadable"}
+        record = current_record(read_record(run_dir) or {"status": "unreadable"})
         if is_evaluation(record):
             continue
         completed = completed_records(record)

@@ -10,7 +10,12 @@
   different test sets independently. It says nothing about seeds.
 - ECE: one definition everywhere (summary, figure): per run over :data:`ECE_BINS` equal-width
   bins of P(pneumonia) (:func:`reliability`), then the mean over the runs.
-- BCE vs CE: ``report.paired``.
+- Paired differences over seeds (BCE vs CE, ``report.paired`` and ``report.findings``): the
+  95% t-interval (:func:`t_interval`, Student's t from scipy.stats at n - 1 degrees of
+  freedom), p-values adjusted across the cells of one comparison (:func:`holm`), and
+  equivalence within a margin the caller gives (:func:`tost`) where the claim would be "no
+  difference". A NaN difference is refused, naming its cell (:func:`finite`): it would give a
+  sign-flip p of 0 and a too-narrow interval.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import t as student_t
+from scipy.stats import ttest_1samp
 from torchmetrics.functional.classification import binary_auroc
 
 from xray_loss.metrics import metric_names
@@ -207,3 +214,63 @@ def summary_rows(runs: list[Run], n_boot: int = 1000) -> tuple[list[str], list[d
         for i, row in enumerate(rows):
             row["best"] = i == best
     return cols, rows
+
+
+# --- paired differences over seeds ----------------------------------------------------------
+class StatsError(ValueError):
+    """Numbers a statistic cannot honestly be computed from; the message names them."""
+
+
+def finite(differences: list[float], cell: str) -> np.ndarray:
+    """The differences of ``cell`` as an array, refused when one is NaN (or infinite)."""
+    d = np.asarray(differences, dtype=float)
+    bad = int(np.sum(~np.isfinite(d)))
+    if bad:
+        raise StatsError(
+            f"{cell}: {bad} of {len(d)} paired difference(s) are NaN (a run without that "
+            f"metric): rerun or remove the run, since a NaN would give p = 0 and a too-narrow "
+            f"interval."
+        )
+    return d
+
+
+def t_quantile(n: int, level: float = 0.95) -> float:
+    """The two-sided ``level`` quantile of Student's t for the mean of ``n`` values."""
+    return float(student_t.ppf(0.5 + level / 2, n - 1))
+
+
+def t_interval(differences: list[float], cell: str, level: float = 0.95) -> tuple[float, float]:
+    """The ``level`` t-interval of the mean difference over seeds (NaN, NaN below 2 seeds)."""
+    d = finite(differences, cell)
+    if len(d) < 2:
+        return math.nan, math.nan
+    half = t_quantile(len(d), level) * float(np.std(d, ddof=1)) / math.sqrt(len(d))
+    return float(d.mean()) - half, float(d.mean()) + half
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's (1979) step-down adjusted p-values, in the order given: the i-th smallest p
+    times (m - i + 1), made non-decreasing in that order, capped at 1. They control the chance
+    of any false "differs" across the m cells of one comparison, whatever their dependence.
+    (scipy.stats.false_discovery_control does Benjamini-Hochberg, a weaker guarantee.)"""
+    p = finite(p_values, "the p-values to adjust")
+    order = np.argsort(p, kind="stable")
+    stepped = (len(p) - np.arange(len(p))) * p[order]
+    adjusted = np.empty_like(p)
+    adjusted[order] = np.minimum(np.maximum.accumulate(stepped), 1.0)
+    return adjusted.tolist()
+
+
+def tost(differences: list[float], margin: float, cell: str) -> float:
+    """The p-value of equivalence within +-``margin`` (two one-sided t-tests on the paired
+    differences: mean <= -margin and mean >= margin are both rejected at p). Small p: the
+    mean difference lies inside the margin, which a non-significant difference alone never
+    shows. NaN below 2 seeds."""
+    if not margin > 0:
+        raise StatsError(f"{cell}: the equivalence margin must be positive, not {margin}.")
+    d = finite(differences, cell)
+    if len(d) < 2:
+        return math.nan
+    above = ttest_1samp(d, -margin, alternative="greater").pvalue
+    below = ttest_1samp(d, margin, alternative="less").pvalue
+    return float(max(above, below))

@@ -158,7 +158,7 @@ class ResumeCheckpoint(L.Callback):
     - the global RNG states (torch, CUDA, numpy, python) of the moment it is taken, put back
       when the resumed fit starts training: the next batch is augmented, and dropout drawn, as
       in the uninterrupted run (nothing draws from them between a checkpoint and the next batch);
-    - the module's running training metrics (``train/loss``, ``train/acc`` of the epoch under
+    - the module's running training metrics (``train/nll``, ``train/acc``, ... of the epoch under
       way), so the epoch a run resumes in logs what the uninterrupted run logged;
 
     and writes
