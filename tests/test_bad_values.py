@@ -16,6 +16,7 @@ from tests.test_config import _compose
 from tests.test_report_pooling import budget, training_record, write
 from xray_loss.checks import check_config
 from xray_loss.config import ConfigError
+from xray_loss.report.records import PredictionsError
 from xray_loss.report.runs import load_runs
 
 
@@ -131,9 +132,9 @@ def _set(row: int, column: str, value: str):
 )
 def test_damaged_test_predictions_are_refused_naming_the_file_and_line(tmp_path, damage, cut, said):
     run = write_run(tmp_path, damage(predictions_text()), cut, test_images=N_TESTED)
-    with pytest.raises(SystemExit) as err:
+    with pytest.raises(PredictionsError) as err:
         load_runs([tmp_path / "logs"])
-    message = str(err.value.code)
+    message = str(err.value)
     assert message.startswith(str(run / "test_predictions.csv")) and said in message
     assert "delete it" in message and "\n" not in message
 
@@ -158,14 +159,15 @@ def test_a_budget_s_predictions_are_checked_too(tmp_path):
     buffer = io.StringIO()
     csv.writer(buffer).writerows(rows)
     (run / "test_predictions_epoch010.csv").write_text(buffer.getvalue(), newline="")
-    with pytest.raises(SystemExit) as err:
+    with pytest.raises(PredictionsError) as err:
         load_runs([tmp_path / "logs"])
-    assert str(err.value.code).startswith(f"{run / 'test_predictions_epoch010.csv'}, line 4:")
+    assert str(err.value).startswith(f"{run / 'test_predictions_epoch010.csv'}, line 4:")
 
 
 def test_the_report_command_refuses_in_one_sentence(tmp_path):
     write_run(tmp_path, _set(5, "label", "2")(predictions_text()), test_images=N_TESTED)
     proc = run_cli(str(tmp_path / "logs"), module="xray_loss.report", cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "test_predictions.csv, line 7: label '2'" in proc.stderr
+    (said,) = [line for line in proc.stderr.splitlines() if "test_predictions.csv" in line]
+    assert said.startswith("python -m xray_loss.report: ") and ", line 7: label '2'" in said
     assert not (tmp_path / "logs" / "report" / "summary.md").exists()

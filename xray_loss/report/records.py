@@ -101,6 +101,10 @@ def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return curves
 
 
+class PredictionsError(ValueError):
+    """A test_predictions.csv the report cannot trust; the message names the file and line."""
+
+
 PREDICTION_COLUMNS = ("label", "prob")  # what the report reads of test_predictions.csv
 
 
@@ -113,8 +117,8 @@ def read_predictions(
     Checked as it is read, since the report's intervals and calibration error come from it:
     the label and prob columns, each label 0 or 1, each prob a number in [0, 1], whole lines,
     and as many rows as the run tested (``tested``: metrics.json ``test_images``, where
-    recorded). A file that fails is refused in one sentence naming it and the line
-    (``SystemExit``, as the report's other refusals): a wrong interval is worse than none."""
+    recorded). A file that fails is refused in one sentence naming it and the line: a wrong
+    interval is worse than none."""
     path = run_dir / f"test_predictions{suffix}.csv"
     if not path.exists():
         return None
@@ -125,12 +129,12 @@ def read_predictions(
     text = path.read_text(encoding="utf-8", errors="replace")
     if text and not text.endswith("\n"):  # the test report ends every row with a line end
         lines = text.count("\n") + 1
-        raise SystemExit(f"{path} ends inside line {lines}: the file is cut short; {fix}")
+        raise PredictionsError(f"{path} ends inside line {lines}: the file is cut short; {fix}")
     reader = csv.DictReader(io.StringIO(text, newline=""))
     missing = [c for c in PREDICTION_COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
         header = ",".join(reader.fieldnames or []) or "none"
-        raise SystemExit(
+        raise PredictionsError(
             f"{path} has no {missing[0]} column (its header: {header}); the report reads "
             f"{' and '.join(PREDICTION_COLUMNS)}: {fix}"
         )
@@ -139,14 +143,18 @@ def read_predictions(
         where = f"{path}, line {reader.line_num}"
         label, prob = row["label"], probability(row["prob"])
         if label not in ("0", "1"):
-            raise SystemExit(f"{where}: label {label!r} is not 0 (normal) or 1 (pneumonia): {fix}")
+            raise PredictionsError(
+                f"{where}: label {label!r} is not 0 (normal) or 1 (pneumonia): {fix}"
+            )
         if prob is None:
-            raise SystemExit(f"{where}: prob {row['prob']!r} is not a number in [0, 1]: {fix}")
+            raise PredictionsError(
+                f"{where}: prob {row['prob']!r} is not a number in [0, 1]: {fix}"
+            )
         labels.append(int(label))
         probs.append(prob)
         patients.append(row.get("patient") or "")
     if tested is not None and len(labels) != tested:
-        raise SystemExit(
+        raise PredictionsError(
             f"{path} holds {len(labels)} prediction(s), but metrics.json says the run tested "
             f"{tested} image(s): the file is cut short or another run's; {fix}"
         )
