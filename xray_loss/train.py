@@ -50,6 +50,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with LocalRanks(cfg, run_dir):  # the other local ranks of a DDP job
             datamodule: L.LightningDataModule = instantiate(cfg.data)
             datamodule.setup("fit")  # splits and class counts, before the model is built
+            run.record.update(splits=datamodule.manifest())
             # seeded after the data setup, which may or may not draw random numbers (a cold
             # decode cache runs a DataLoader, a warm one does not): cold and warm runs agree
             L.seed_everything(int(cfg.seed), workers=True, verbose=False)
