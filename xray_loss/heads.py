@@ -231,8 +231,8 @@ class FocalHead(Head):
         if alpha == "auto":
             n_neg, n_pos = _counts(class_counts, "alpha")
             alpha = n_neg / (n_neg + n_pos)
-        if alpha is not None and not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"loss.alpha must be null, auto or in [0, 1], got {alpha}.")
+        if alpha is not None and not 0.0 < float(alpha) < 1.0:  # 0 or 1: a class weighs nothing
+            raise ValueError(f"loss.alpha must be null, auto or in (0, 1), got {alpha}.")
         if float(gamma) < 0:
             raise ValueError(f"loss.gamma must be >= 0, got {gamma}.")
         self.gamma = float(gamma)

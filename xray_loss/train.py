@@ -106,6 +106,7 @@ def summarise(trainer: L.Trainer, module, val: dict, test: dict, budgets: dict) 
         "operating_point": module.operating_point_report(),
         "val": {k: float(v) for k, v in val.items()},
         "test": {k: float(v) for k, v in test.items() if k.startswith("test/")},
+        "test_images": len(module.evaluated["test"].labels),  # test_predictions.csv's rows
         "budgets": budgets,
         "world_size": trainer.world_size,
     }
