@@ -134,13 +134,7 @@ def operating_point(
     - ``warning``: the sample is too small to trust, and what its intervals were measured to
       be worth at that size.
 
-    Measured by simulation (scores with AUROC 0.80, rule youden, n_boot 1000; the check is
-    tests/test_operating_point.py): the 95% intervals covered the population sensitivity and
-    specificity of the chosen threshold 96% / 96% of the time at 50 + 50 images and 95% / 98%
-    at 8 + 8 (the in-sample bootstrap this replaces: 87% / 87% and 65% / 61%). The estimate is
-    still somewhat optimistic: sensitivity + specificity by +0.02 at 50 + 50 and +0.10 at
-    8 + 8 (apparent: +0.08 and +0.24). Evaluating each re-chosen threshold out of bag was
-    tried too: nearly unbiased, but its intervals were twice as wide and covered 99-100%.
+    How well the intervals cover, measured by simulation: docs/data.md ("The operating point").
     """
     probs, labels = probs.float().cpu(), labels.long().cpu()
     kind, target = parse_rule(rule)
