@@ -9,38 +9,14 @@ import math
 import shutil
 from pathlib import Path
 
-import lightning as L
 import pytest
-import torch
 from omegaconf import OmegaConf
 
-from tests.fixtures import make_labeled_folder
+from tests.fixtures import make_labeled_folder, save_model
 from xray_loss.config import ConfigError
 from xray_loss.eval import evaluate
-from xray_loss.module import XrayClassifier
 from xray_loss.predict import predict
 from xray_loss.threshold import sidecar_path
-
-BACKBONE = {"_target_": "xray_loss.backbones.SmallCNN", "widths": [8, 16], "pool": "avg"}
-
-
-def save_model(path: Path, seed: int) -> Path:
-    """An untrained small CNN (weights drawn with ``seed``) saved at ``path`` as a training run
-    saves its checkpoints: a second call with the same path overwrites it, as resume does."""
-    torch.manual_seed(seed)
-    model = XrayClassifier(
-        backbone=BACKBONE,
-        head={"_target_": "xray_loss.heads.BCEHead"},
-        optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
-        run_config={"data": {"image_size": 32, "resize": "squash"}},
-    )
-    trainer = L.Trainer(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
-    )
-    trainer.strategy.connect(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    trainer.save_checkpoint(path)
-    return path
 
 
 def _cfg(out: Path, ckpt: Path, **values):

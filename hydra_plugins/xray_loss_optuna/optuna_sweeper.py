@@ -1,20 +1,8 @@
-"""A Hydra sweeper plugin running an Optuna study (TPE, median pruning, SQLite storage).
+"""The Hydra sweeper plugin of ``hparams_search=optuna``: its settings, registered with Hydra.
 
-Why not ``hydra-optuna-sweeper``: its releases (1.2.0, 1.3.0) require optuna<3, their SQLite
-storage fails with a bare AssertionError under SQLAlchemy 2, and they cannot prune. This one is
-written against Hydra's sweeper-plugin interface and current Optuna:
-
-- the search space uses Hydra's override grammar (``choice(...)``, ``range(...)``,
-  ``interval(a, b)``, ``tag(log, interval(a, b))``) in ``hydra.sweeper.params`` or on the command
-  line;
-- trials are asked in batches of ``n_jobs`` and run by the configured launcher (basic, joblib,
-  submitit); each job gets ``+optuna_trial_id=N`` and reports its per-epoch validation metric to
-  the study, whose pruner can stop it (``xray_loss.runtime.optuna_search``);
-- the study lives in ``optuna.db`` (SQLite) in the sweep directory: ``resume=true`` continues it,
-  ``n_trials`` counting the trials already finished; trials interrupted by a kill are re-run.
-
-The search itself is ``xray_loss.runtime.optuna_search``, imported when a search starts: the
-core install has no optuna, and Hydra imports every plugin module at start-up.
+The search (TPE, median pruning, SQLite storage; why not ``hydra-optuna-sweeper``) is
+``xray_loss.runtime.optuna_search``, imported when a search starts: Optuna is an optional part,
+and Hydra imports every plugin module at start-up.
 """
 
 from dataclasses import dataclass, field
