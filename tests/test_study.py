@@ -119,3 +119,14 @@ def test_the_superseded_page_is_kept_with_its_summary_and_links_the_new_one():
     assert "superseded" in lines[0].lower() and f"({NEW}.md)" in lines[0]
     assert in_short(old).startswith("At equal nominal learning rate, CE's test loss differs")
     assert (old.with_suffix("") / "summary.csv").is_file()
+
+
+def test_the_committed_page_is_what_its_committed_records_rebuild(tmp_path: Path):
+    records = ROOT / "docs/results" / NEW
+    copy = tmp_path / NEW
+    if records.exists():
+        shutil.copytree(records, copy)
+    else:  # no run collected yet: the page of an empty study
+        copy.mkdir()
+    rebuilt = write_page(copy, ROOT / PILOT, figures=False)
+    assert rebuilt.read_bytes() == records.with_suffix(".md").read_bytes()

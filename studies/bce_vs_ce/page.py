@@ -460,7 +460,7 @@ def draw(folder: Path, runs: list[StudyRun], n_boot: int) -> None:
     out = folder / "figures"
     if out.exists():
         shutil.rmtree(out)
-    out.mkdir()
+    out.mkdir(parents=True)
     if not runs:
         return
     curve_differences(runs, out / "curve_differences.png")
@@ -509,11 +509,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pilot", type=Path, default=PILOT, help="the pilot's records")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     args = parser.parse_args(argv)
+    if not args.records.parent.is_dir():
+        parser.error(f"{args.records.parent} does not exist: name the folder of the records")
     if not (args.records / "runs").is_dir():
-        parser.error(
-            f"{args.records} has no runs/: collect the runs first "
-            "(python -m studies.bce_vs_ce.collect LOGS --out RECORDS)"
-        )
+        print(f"{args.records}/runs holds no runs yet: the page says so")
     print(f"Results page: {write_page(args.records, args.pilot, args.bootstrap)}")
 
 
