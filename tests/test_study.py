@@ -34,7 +34,8 @@ def test_collect_adds_only_new_runs_and_keeps_each_small_and_complete(tmp_path: 
     (logs / "primary" / "loss=ce,seed=1" / "metrics.json").write_text('{"status": "running"}')
     (added,) = collect(logs, out)  # the new completed run only, not the running one
     assert added == out / "runs" / "primary" / "loss=bce,seed=1"
-    assert len(list((out / "manifests").glob("*.csv"))) == 1  # one split, one manifest
+    (manifest,) = (out / "manifests").iterdir()  # one split, one manifest
+    assert sorted(p.name for p in manifest.iterdir()) == ["test.csv", "train.csv", "val.csv"]
     for run in (out / "runs" / "primary").iterdir():
         assert sum(p.stat().st_size for p in run.iterdir()) < MAX_RUN_BYTES
         curves = read_curves(run)  # the package report reads them back

@@ -103,10 +103,27 @@ def compact_predictions(run_dir: Path, record: dict[str, Any]) -> str:
 
 
 def manifest_name(record: dict[str, Any]) -> str:
-    """``<train>-<val>-<test>.csv``: the split digests of the run's record (metrics.json
+    """``<train>-<val>-<test>``: the split digests of the run's record (metrics.json
     ``splits``), so a reader finds a run's manifest from its record."""
     splits = record.get("splits") or {}
-    return "-".join(splits[s]["digest"] for s in ("train", "val", "test") if s in splits) + ".csv"
+    return "-".join(splits[s]["digest"] for s in ("train", "val", "test") if s in splits)
+
+
+def write_manifest(split_csv: Path, folder: Path) -> None:
+    """The split manifest as ``folder/<split>.csv`` (file, sha1): a run's split.csv less what
+    the file name says (the label is its class folder, the patient is in its name), one file
+    per split so that each stays small enough to commit."""
+    with open(split_csv, newline="") as f:
+        rows = list(csv.DictReader(f))
+    staging = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for split in sorted({r["split"] for r in rows if r["split"]}):
+        with open(staging / f"{split}.csv", "w", newline="") as f:
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(["file", "sha1"])
+            writer.writerows((r["file"], r["sha1"]) for r in rows if r["split"] == split)
+    staging.rename(folder)
 
 
 def collect_run(run_dir: Path, target: Path, manifests: Path) -> bool:
@@ -131,8 +148,7 @@ def collect_run(run_dir: Path, target: Path, manifests: Path) -> bool:
         )
     manifest = manifests / manifest_name(record)
     if not manifest.exists():
-        manifests.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run_dir / "split.csv", manifest)
+        write_manifest(run_dir / "split.csv", manifest)
     staging.rename(target)
     return True
 

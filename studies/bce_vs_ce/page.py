@@ -53,6 +53,7 @@ from studies.bce_vs_ce.measures import (
     seeds_needed,
     within,
 )
+from xray_loss.data.kermany_layout import patient_id
 from xray_loss.identity import format_value
 from xray_loss.report.records import CURVES_CSV
 
@@ -154,6 +155,18 @@ def power_section(pilot: Path, runs: list[StudyRun]) -> list[str]:
     return [*lines, ""]
 
 
+def manifest_rows(folder: Path) -> list[dict[str, str]]:
+    """A collected manifest's rows (file, sha1, split), with each file's label and patient."""
+    rows = []
+    for path in sorted(folder.glob("*.csv")):
+        with open(path, newline="") as f:
+            for row in csv.DictReader(f):
+                top, label, name = row["file"].split("/")[-3:]
+                patient = f"{top}/{patient_id(name) or 'file:' + Path(name).stem}"
+                rows.append({**row, "split": path.stem, "label": label, "patient": patient})
+    return rows
+
+
 def split_digest(rows: list[dict[str, str]]) -> str:
     """The digest metrics.json records for a split (``xray_loss.data.base.manifest``)."""
     items = sorted((r["file"], int(r["label"] == "PNEUMONIA"), r["sha1"]) for r in rows)
@@ -164,16 +177,16 @@ def data_section(folder: Path, runs: list[StudyRun]) -> list[str]:
     lines = [
         "## Data",
         "",
-        "From the split manifests beside this page (`manifests/`: every file, its label, "
-        "patient, split and sha1); the digest is the one each run's metrics.json records.",
+        "From the split manifests beside this page (`manifests/<digests>/<split>.csv`: every "
+        "file and its sha1; the label is its class folder, the patient is in its name); the "
+        "digest is the one each run's metrics.json records.",
         "",
     ]
-    manifests = sorted((folder / "manifests").glob("*.csv"))
+    manifests = sorted(p for p in (folder / "manifests").glob("*") if p.is_dir())
     if not manifests:
         return [*lines, "No manifest collected yet.", ""]
     for path in manifests:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        rows = manifest_rows(path)
         users = [r for r in runs if _manifest_of(r) == path.name]
         lines += [f"`manifests/{path.name}` ({len(users)} run(s)):", ""]
         lines += ["| split | from folder | images | NORMAL | PNEUMONIA | patients | digest |"]
@@ -203,7 +216,7 @@ def _digests_agree(bad: list[str], total: int) -> str:
 
 def _manifest_of(run: StudyRun) -> str:
     splits = run.record.get("splits") or {}
-    return "-".join(splits[s]["digest"] for s in ("train", "val", "test") if s in splits) + ".csv"
+    return "-".join(splits[s]["digest"] for s in ("train", "val", "test") if s in splits)
 
 
 def provenance(runs: list[StudyRun]) -> list[str]:
