@@ -82,6 +82,14 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.val_fraction": (_fraction_open, "a number strictly between 0 and 1"),
     "data.test_fraction": (_fraction_half_open, "a number in [0, 1)"),
     "loss.label_smoothing": (_fraction_half_open, "a number in [0, 1)"),
+    "loss.gamma": (  # the focal head's focusing (0: its loss is BCE's)
+        lambda v: _number(v) is not None and _number(v) >= 0,
+        "a number >= 0 (0 is plain BCE)",
+    ),
+    "loss.alpha": (
+        lambda v: v is None or v == "auto" or (_number(v) is not None and 0 <= _number(v) <= 1),
+        "null (no class weighting), auto, or the pneumonia class's weight in [0, 1]",
+    ),
     "threads": (lambda v: v == "auto" or _int_at_least(1)(v), "auto or an integer >= 1"),
     "name": (
         lambda v: isinstance(v, str) and re.fullmatch(r"[\w.-]+", v) and v not in (".", ".."),
