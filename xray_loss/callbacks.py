@@ -220,7 +220,9 @@ def roc_figure(probs: torch.Tensor, labels: torch.Tensor, threshold: float):
 
 
 class EpochBudgets(L.Callback):
-    """Keeps, at each epoch budget (e.g. 10, 30, 100), the best checkpoint so far, and tests it.
+    """Keeps, at each epoch budget (e.g. 10, 30, 100), the best checkpoint so far and the
+    weights of that epoch itself, and tests both (the fixed-epoch result shows what checkpoint
+    selection changes; at the last budget it is the last epoch's).
 
     After fit, :meth:`test` gives what a separate run of NNN epochs would have reported (the best
     val AUROC checkpoint among its epochs, tested), from one long run: exactly so when nothing
@@ -274,14 +276,17 @@ class EpochBudgets(L.Callback):
         if not checkpoint.best_model_path:
             return
         # budget010-best-epoch007.ckpt: the best checkpoint within the 10-epoch budget, named
-        # like the run's own (its epoch counted from 1)
+        # like the run's own; budget010-last-epoch010.ckpt: the weights after the budget's own
+        # epoch (epochs counted from 1, as everywhere)
         path = self.dir / f"budget{nominal:03d}-{Path(checkpoint.best_model_path).name}"
+        last = self.dir / f"budget{nominal:03d}-last-epoch{epochs_done:03d}.ckpt"
         if trainer.is_global_zero:
             self.dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(checkpoint.best_model_path, path)
-        trainer.strategy.barrier()
+        trainer.save_checkpoint(last, weights_only=True)  # every rank takes part
         self.saved[nominal] = {
             "checkpoint": str(path),
+            "last_checkpoint": str(last),
             "epochs_trained": epochs_done,
             "best_val_auroc": float(checkpoint.best_model_score),
         }
@@ -307,12 +312,19 @@ class EpochBudgets(L.Callback):
                 enable_model_summary=False,
             )
             for nominal, info in sorted(self.saved.items()):
+                if info.get("last_checkpoint"):  # the weights of the budget's own epoch
+                    found = tester.test(module, datamodule, ckpt_path=info["last_checkpoint"])
+                    last = {k: v for k, v in found[0].items() if k.startswith("test/")}
+                    name = f"test_predictions_epoch{nominal:03d}_last.csv"
+                    write_predictions(self.output_dir / name, module.evaluated["test"], datamodule)
                 found = tester.test(module, datamodule=datamodule, ckpt_path=info["checkpoint"])
                 test = {k: v for k, v in found[0].items() if k.startswith("test/")}
                 name = f"test_predictions_epoch{nominal:03d}.csv"
                 write_predictions(self.output_dir / name, module.evaluated["test"], datamodule)
                 best_epoch = module.loaded_epoch + 1
                 results[str(nominal)] = {**info, "best_epoch": best_epoch, "test": test}
+                if info.get("last_checkpoint"):
+                    results[str(nominal)]["last_test"] = last
                 for logger in trainer.loggers:
                     logger.log_metrics({f"budget/{k}": v for k, v in test.items()}, step=nominal)
         trainer.strategy.barrier()

@@ -58,6 +58,21 @@ def _fraction_half_open(value):
     return n is not None and 0 <= n < 1
 
 
+def _non_negative(value):
+    n = _number(value)
+    return n is not None and n >= 0
+
+
+def _weights(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """A class weighting: null (none), auto (from the class counts) or what ``test`` takes."""
+    return lambda value: value is None or value == "auto" or test(value)
+
+
+def _two_positive(value) -> bool:  # [w_normal, w_pneumonia]: a list or OmegaConf's ListConfig
+    pair = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else []
+    return len(pair) == 2 and all(map(_positive, pair))
+
+
 # key -> (test, allowed values in words). Keys absent from the config are skipped.
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lr": (_positive, "a number > 0, e.g. 1e-3"),
@@ -66,10 +81,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (_int_at_least(0), "an integer >= 0"),
     "epochs_scale": (_positive, "a number > 0"),
     "seeds": (_int_at_least(1), "an integer >= 1"),
-    "optimizer.weight_decay": (
-        lambda v: _number(v) is not None and _number(v) >= 0,
-        "a number >= 0",
-    ),
+    "optimizer.weight_decay": (_non_negative, "a number >= 0"),
     "data.n_train": (_int_at_least(2), "an integer >= 2"),
     "data.n_val": (_int_at_least(2), "an integer >= 2"),
     "data.n_test": (_int_at_least(2), "an integer >= 2"),
@@ -81,15 +93,12 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.difficulty": (_positive, "a number > 0"),
     "data.val_fraction": (_fraction_open, "a number strictly between 0 and 1"),
     "data.test_fraction": (_fraction_half_open, "a number in [0, 1)"),
+    # a class weighted 0 or below is trained against (pos_weight=-1: a negative loss)
+    "loss.pos_weight": (_weights(_positive), "null, auto or a number > 0 (1 is unweighted)"),
+    "loss.class_weights": (_weights(_two_positive), "null, auto or two numbers > 0"),
+    "loss.alpha": (_weights(_fraction_open), "null, auto or a number strictly between 0 and 1"),
+    "loss.gamma": (_non_negative, "a number >= 0"),
     "loss.label_smoothing": (_fraction_half_open, "a number in [0, 1)"),
-    "loss.gamma": (  # the focal head's focusing (0: its loss is BCE's)
-        lambda v: _number(v) is not None and _number(v) >= 0,
-        "a number >= 0 (0 is plain BCE)",
-    ),
-    "loss.alpha": (
-        lambda v: v is None or v == "auto" or (_number(v) is not None and 0 <= _number(v) <= 1),
-        "null (no class weighting), auto, or the pneumonia class's weight in [0, 1]",
-    ),
     "threads": (lambda v: v == "auto" or _int_at_least(1)(v), "auto or an integer >= 1"),
     "name": (
         lambda v: isinstance(v, str) and re.fullmatch(r"[\w.-]+", v) and v not in (".", ".."),

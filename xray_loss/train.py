@@ -50,6 +50,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         with LocalRanks(cfg, run_dir):  # the other local ranks of a DDP job
             datamodule: L.LightningDataModule = instantiate(cfg.data)
             datamodule.setup("fit")  # splits and class counts, before the model is built
+            run.record.update(splits=datamodule.manifest())
             # seeded after the data setup, which may or may not draw random numbers (a cold
             # decode cache runs a DataLoader, a warm one does not): cold and warm runs agree
             L.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -82,7 +83,7 @@ def callbacks(cfg: DictConfig) -> list[L.Callback]:
     """The configured callbacks, plus Optuna's pruning hook in a trial of hparams_search."""
     found = [instantiate(c) for c in cfg.callbacks.values() if c]
     if cfg.get("optuna_trial_id") is not None:
-        from xray_loss.runtime.optuna_pruning import OptunaPruning, trial_from_sweep
+        from xray_loss.runtime.optuna_search import OptunaPruning, trial_from_sweep
 
         found.append(OptunaPruning(trial_from_sweep(int(cfg.optuna_trial_id))))
     return found
@@ -105,6 +106,7 @@ def summarise(trainer: L.Trainer, module, val: dict, test: dict, budgets: dict) 
         "operating_point": module.operating_point_report(),
         "val": {k: float(v) for k, v in val.items()},
         "test": {k: float(v) for k, v in test.items() if k.startswith("test/")},
+        "test_images": len(module.evaluated["test"].labels),  # test_predictions.csv's rows
         "budgets": budgets,
         "world_size": trainer.world_size,
     }

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from xray_loss.identity import axis_names
 from xray_loss.report.build import make_report
+from xray_loss.report.records import PredictionsError
 from xray_loss.report.stats import StatsError
 
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or args.dirs[0] / "report"
     try:
         make_report(args.dirs, out, args.compare, args.bootstrap)
-    except StatsError as err:  # e.g. a NaN paired difference: one sentence naming the cell
+    except (StatsError, PredictionsError) as err:  # one sentence naming the cell or the file
         parser.exit(1, f"python -m xray_loss.report: {err}\n")
     except OSError as err:
         if err.errno not in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):

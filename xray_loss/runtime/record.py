@@ -158,11 +158,35 @@ class RunRecord:
         now = now_iso()
         self.data = {"status": Status.RUNNING, "started": now, "attempt_started": now, **fields}
         self.data.setdefault("commit", code_commit())
+        self.data["machine"] = machine()  # this attempt's (a resume may run elsewhere)
         if self.write:
             write_json_atomic(self.path, self.data)
 
     def finish(self, status: Status, **fields: Any) -> None:
         self.update(status=Status(status), finished=now_iso(), **fields)
+
+
+def machine() -> dict[str, Any]:
+    """Where this attempt trains: enough to tell a results page's hardware from the machine
+    that wrote the page."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor()
+    try:  # Linux names the model here; platform.processor() is often empty
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if "model name" in line), cpu)
+    except OSError:
+        pass
+    return {
+        "host": platform.node(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
 
 
 # --- one run, start to end -------------------------------------------------------------------
