@@ -9,7 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, Timer
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer
 from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics.functional.classification import (
     binary_auroc,
@@ -64,9 +64,21 @@ class DivergenceGuard(L.Callback):
                 else (f"averaged {mean:.3g} over the last steps (above max_loss={self.max_loss:g})")
             )
             raise TrainingDiverged(
-                f"Training diverged: the loss {what} in epoch {trainer.current_epoch} "
+                f"Training diverged: the loss {what} in epoch {trainer.current_epoch + 1} "
                 f"(step {trainer.global_step}). Lower the learning rate (lr={_lr(trainer)})."
             )
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, its ``{epoch}`` counted from 1 like everything else the
+    run reports: ``best-epoch011.ckpt`` holds the weights after 11 epochs of training, the
+    ``best_epoch`` of metrics.json and the epoch of the curves' x axis (Lightning's own
+    ``epoch`` is the 0-based index of the epoch that was running)."""
+
+    def format_checkpoint_name(self, metrics, filename=None, ver=None, prefix=None) -> str:
+        if "epoch" in metrics:
+            metrics = {**metrics, "epoch": metrics["epoch"] + 1}
+        return super().format_checkpoint_name(metrics, filename, ver, prefix)
 
 
 def fit_end(trainer: L.Trainer) -> tuple[str, int]:
@@ -263,8 +275,11 @@ class EpochBudgets(L.Callback):
             return
         if not checkpoint.best_model_path:
             return
-        path = self.dir / f"epoch{nominal:03d}.ckpt"
-        last = self.dir / f"epoch{nominal:03d}_last.ckpt"
+        # budget010-best-epoch007.ckpt: the best checkpoint within the 10-epoch budget, named
+        # like the run's own; budget010-last-epoch010.ckpt: the weights after the budget's own
+        # epoch (epochs counted from 1, as everywhere)
+        path = self.dir / f"budget{nominal:03d}-{Path(checkpoint.best_model_path).name}"
+        last = self.dir / f"budget{nominal:03d}-last-epoch{epochs_done:03d}.ckpt"
         if trainer.is_global_zero:
             self.dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(checkpoint.best_model_path, path)

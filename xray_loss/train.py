@@ -29,7 +29,7 @@ from xray_loss.identity import hyperparameters, run_configuration
 from xray_loss.metrics import metric_names
 from xray_loss.runtime.ddp import LocalRanks, global_rank, share_cpu_threads
 from xray_loss.runtime.record import Interrupted, RunRecord, recorded_run
-from xray_loss.runtime.sweep import report_interruption
+from xray_loss.runtime.sweep import console, report_interruption, stop_if_every_job_fails
 
 log = logging.getLogger("xray_loss.train")
 
@@ -113,22 +113,23 @@ def summarise(trainer: L.Trainer, module, val: dict, test: dict, budgets: dict) 
 
 
 def print_summary(run_dir: Path, result: dict[str, Any], cfg: DictConfig) -> None:
+    """The run's result, on the console and in its train.log (``sweep.console``)."""
     test = result["test"]
-    print(
+    console.info(
         f"\nRun finished: best epoch {result['best_epoch']}, "
         f"val AUROC {result['best_val_auroc']:.4f}\n"
         f"Test (best checkpoint, threshold {result['threshold']:.3f}): "
         + ", ".join(f"{m} {test.get(f'test/{m}', float('nan')):.4f}" for m in metric_names())
         + f"\nRun directory: {run_dir}\n"
-        f"TensorBoard:   make tensorboard SWEEP={run_dir}",
-        flush=True,
+        f"TensorBoard:   make tensorboard SWEEP={run_dir}"
     )
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> dict[str, Any]:
-    """Hydra entry point. In a multirun a failed job is recorded and the sweep goes on; a
-    signal stops a run or sweep as interrupted, naming the command that continues it."""
+    """Hydra entry point. In a multirun a failed job is recorded and the sweep goes on, unless
+    every job would fail alike (a config or data error about settings they share); a signal
+    stops a run or sweep as interrupted, naming the command that continues it."""
     setup_process()  # in launcher workers too (a no-op where the command already ran it)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
@@ -140,6 +141,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     except Exception as err:
         if not multirun:
             raise
+        stop_if_every_job_fails(err, HydraConfig.get())
         log.error("job failed: %s", err)
         return RunRecord(Path(cfg.paths.output_dir)).data
 

@@ -158,11 +158,12 @@ def unlock_directory(path: Path | None) -> None:
     lock.release()
 
 
-def new_sweep_dir(base: Path, key: str) -> Path:
-    """A directory no other sweep has: ``<time to the microsecond>_<key>``, created atomically."""
+def new_sweep_dir(base: Path, name: str) -> Path:
+    """A directory no other sweep has: ``<time to the microsecond>_<name>`` (``name``: what the
+    sweep varies and its command's key, ``sweep.sweep_name``), created atomically."""
     base.mkdir(parents=True, exist_ok=True)
     while True:
-        path = base / f"{datetime.now():%Y-%m-%d_%H-%M-%S-%f}_{key}"
+        path = base / f"{datetime.now():%Y-%m-%d_%H-%M-%S-%f}_{name}"
         try:
             path.mkdir()
             return path
