@@ -78,10 +78,12 @@ notebook: install  ## execute notebooks/study.ipynb in place (outputs committed)
 # its HParams experiment is the only one. The URL it prints opens every tab filled: all runs
 # selected (Scalars, Custom Scalars and Images select none past 40 by themselves), unsmoothed
 # (one point per epoch), Time Series on the curves (xray_loss.runtime.rundirs.tensorboard_url).
+# SWEEP reaches the shell through the environment, so any character (a quote) stays a path.
 SWEEP ?= logs
+tensorboard: export SWEEP := $(value SWEEP)
 tensorboard: install  ## serve logs/ (or SWEEP=<dir>) on http://127.0.0.1:$(PORT)/
-	@$(PY) -m xray_loss.runtime.rundirs URL "$(SWEEP)" $(PORT)
-	$(VENV)/bin/tensorboard --logdir "$(SWEEP)" --host 127.0.0.1 --port $(PORT) --samples_per_plugin images=20
+	@$(PY) -m xray_loss.runtime.rundirs URL "$$SWEEP" $(PORT)
+	$(VENV)/bin/tensorboard --logdir "$$SWEEP" --host 127.0.0.1 --port $(PORT) --samples_per_plugin images=20
 
 # The README's study on a Kermany-layout folder: the grid (loss x lr x epochs, 3 seeds), the
 # matched-head controls, the report and docs/results/<date>-full-grid.md (xray_loss.study).

@@ -189,7 +189,7 @@ class SweepBookkeeping(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         hydra_overrides = list(config.hydra.overrides.hydra)
         task = list(config.hydra.overrides.task)
-        _refuse_early(config, lambda cfg: check_values(cfg, ["name"]))  # jobs check the rest
+        _refuse_early(config, lambda cfg: check_values(cfg, ["name", "resume"]))  # jobs: the rest
         check_writable(Path(config.paths.log_dir))
         if any(o.startswith("hydra.sweep.dir=") for o in hydra_overrides):
             # the user chose the directory
