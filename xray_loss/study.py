@@ -77,10 +77,18 @@ def main(argv: list[str] | None = None) -> None:
             f"{args.data} has no train/ folder: the study needs a Kermany-layout folder, "
             "DATA/train/{NORMAL,PNEUMONIA}/*.jpeg (and test/, or data.test_fraction=0.15)"
         )
+    from xray_loss.data.kermany_layout import DataError, check_classes, scan
+
+    try:  # once here, not once per job of the grid (and not as the probe's traceback)
+        check_classes(scan(args.data), "train", args.data, required=True)
+    except DataError as err:
+        parser.exit(2, f"python -m xray_loss.study: {err}\n")
     grid, matched = args.out / "grid", args.out / "matched"
     if not (args.out / "probe.json").exists():  # the shortcut probe, for the page
         probe = [sys.executable, "-m", "xray_loss.probe", str(args.data), "--out"]
-        subprocess.run([*probe, str(args.out / "probe.json")], check=True)
+        done = subprocess.run([*probe, str(args.out / "probe.json")])
+        if done.returncode:  # the probe said why
+            raise SystemExit(done.returncode)
     sweep(args.data, grid, args.overrides)
     lr, gaps = matched_lr(grid)
     each = ", ".join(f"lr={k:g}: {v:.4f}" for k, v in sorted(gaps.items()))
