@@ -78,10 +78,12 @@ notebook: install  ## execute notebooks/study.ipynb in place (outputs committed)
 # its HParams experiment is the only one. The URL it prints opens every tab filled: all runs
 # selected (Scalars, Custom Scalars and Images select none past 40 by themselves), unsmoothed
 # (one point per epoch), Time Series on the curves (xray_loss.runtime.rundirs.tensorboard_url).
+# SWEEP reaches the shell through the environment, so any character (a quote) stays a path.
 SWEEP ?= logs
+tensorboard: export SWEEP := $(value SWEEP)
 tensorboard: install  ## serve logs/ (or SWEEP=<dir>) on http://127.0.0.1:$(PORT)/
-	@$(PY) -m xray_loss.runtime.rundirs URL "$(SWEEP)" $(PORT)
-	$(VENV)/bin/tensorboard --logdir "$(SWEEP)" --host 127.0.0.1 --port $(PORT) --samples_per_plugin images=20
+	@$(PY) -m xray_loss.runtime.rundirs URL "$$SWEEP" $(PORT)
+	$(VENV)/bin/tensorboard --logdir "$$SWEEP" --host 127.0.0.1 --port $(PORT) --samples_per_plugin images=20
 
 # The BCE vs CE study (studies/bce_vs_ce/README.md) on a Kermany-layout folder with test/: its
 # runs (studies/bce_vs_ce/run.sh, resumable: the same command continues an interrupted study),

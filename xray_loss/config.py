@@ -52,6 +52,20 @@ def quote_path_overrides(argv: list[str], keys: Sequence[str]) -> list[str]:
     return out
 
 
+def spell_out_threshold(argv: list[str]) -> list[str]:
+    """``threshold=youden`` is short for ``threshold.rule=youden`` (README); spelled out when
+    a ``threshold.<key>=`` override sits beside it, which Hydra could not apply to the short
+    form's string ("Could not override 'threshold.source'")."""
+    if not any(arg.lstrip("+~").startswith("threshold.") for arg in argv):
+        return argv
+    return [
+        f"threshold.rule={arg[len('threshold=') :]}"
+        if arg.startswith("threshold=") and not arg[len("threshold=") :].startswith("{")
+        else arg
+        for arg in argv
+    ]
+
+
 def scale_epochs(epochs: int, scale: float) -> int:
     """Epochs actually trained: ``epochs * epochs_scale``, at least 1 (for debug sweeps)."""
     return max(1, round(int(epochs) * float(scale)))

@@ -29,6 +29,7 @@ from xray_loss.data.kermany_layout import (
     check_classes,
     cross_split_duplicates,
     find_root,
+    label_conflicts,
     scan,
 )
 from xray_loss.data.splits import connected_groups, grouped_folds, grouped_split
@@ -144,6 +145,8 @@ class KermanyDataModule(XrayDataModule):
         files = [f for f in files if f.folder in used]
 
         images, files, hashes = self._images(files)
+        if conflict := label_conflicts(files, hashes):
+            raise DataError(conflict)
         dropped = cross_split_duplicates(files, hashes)
         assignment = self._assign(files, hashes, dropped)
         notes = {

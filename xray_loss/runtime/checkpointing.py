@@ -145,7 +145,7 @@ class LastCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.saved_at() != trainer.global_step:  # the end, when off the cadence
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # the full state, quietly
 
 
 class ResumeCheckpoint(L.Callback):
@@ -245,7 +245,7 @@ class ResumeCheckpoint(L.Callback):
 
     def _save(self, trainer) -> None:
         tmp = self.path.with_name(f".{self.FILENAME}.tmp")
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # the full state, quietly
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
         trainer.strategy.barrier("ResumeCheckpoint")

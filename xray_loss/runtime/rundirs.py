@@ -267,11 +267,13 @@ def tensorboard_url(logdir: Path, port: int | str, host: str = "127.0.0.1") -> s
 if __name__ == "__main__":
     if len(sys.argv) != 4 or sys.argv[1] != "URL":
         sys.exit("usage: python -m xray_loss.runtime.rundirs URL <logdir> <port>")
-    _runs = tensorboard_runs(Path(sys.argv[2])) if Path(sys.argv[2]).is_dir() else []
+    _logdir = Path(sys.argv[2])
+    _runs = tensorboard_runs(_logdir) if _logdir.is_dir() else []
     if not _runs:  # an empty board would look like a TensorBoard problem
+        _what = "holds no TensorBoard runs" if _logdir.is_dir() else "does not exist"
         sys.exit(
             f"make tensorboard: SWEEP={sys.argv[2]} "
-            f"{'holds no TensorBoard runs' if Path(sys.argv[2]).is_dir() else 'does not exist'}: "
+            f"{'is a file, not a folder' if _logdir.is_file() else _what}: "
             f"give a run or sweep directory, e.g. SWEEP=logs/full_grid/multirun/<sweep>."
         )
     print(

@@ -273,7 +273,7 @@ class SweepBookkeeping(Callback):
         self._axes = axes = sweep_axes(params, task)
         self._jobs = job_count(config, axes)
         self._started = time.time()
-        _refuse_early(config, lambda cfg: check_values(cfg, ["name"]))  # jobs check the rest
+        _refuse_early(config, lambda cfg: check_values(cfg, ["name", "resume"]))  # jobs: the rest
         check_writable(Path(config.paths.log_dir))
         if any(o.startswith("hydra.sweep.dir=") for o in hydra_overrides):
             # the user chose the directory
