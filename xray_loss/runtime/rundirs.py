@@ -227,9 +227,9 @@ def cannot_resume(run_dir: Path) -> str | None:
     if damaged:
         names = ", ".join(str(p) for p in damaged)
         return (
-            f"resume=true: the checkpoint {names} of {run_dir} is damaged (cut short or not a "
-            f"checkpoint) and no other is there, so there is nothing to continue from; start it "
-            f"again without resume=true."
+            f"resume=true: {names} is damaged (cut short or not a checkpoint) and {run_dir} "
+            f"holds no other checkpoint, so there is nothing to continue from; start it again "
+            f"without resume=true."
         )
     return (
         f"resume=true: {run_dir} was interrupted before its first checkpoint (none in "
