@@ -72,7 +72,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise RunStopped(
                 f"Could not write the checkpoint {path} ({err.strerror or err}): free space on "
                 f"that disk or make {path.parent} writable; the checkpoints already there are "
-                f"intact, and resume=true continues from the newest."
+                f"intact, and resume=true continues from the newest.",
+                resumable=True,
             ) from None
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
@@ -84,7 +85,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             problem = f"is not a plain xray_loss checkpoint ({type(err).__name__})"
         raise RunStopped(
             f"The checkpoint {path} {problem}: it is damaged or holds pickled code, which is never "
-            f"run. Remove it; resume=true then continues from the newest other checkpoint."
+            f"run. Remove it; resume=true then continues from the newest other checkpoint.",
+            resumable=True,
         ) from None
 
 
