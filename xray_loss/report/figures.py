@@ -235,7 +235,8 @@ def sweep_figure(runs: list[Run], axis: str, ci: tuple[list[str], dict] | None =
             axes[-1, j].set_ylabel("val AUROC,\nlongest runs")
         axes[len(metrics) - 1, j].set_xlabel("epoch budget (nominal)" if axis == "epochs" else axis)
     handles.append(Line2D([], [], color="0.25", ls="", marker="o", ms=4, label="each seed"))
-    notes = [SEED_CI] + ([CI_NOTE] if ci and "auroc" in metrics else [])
+    bars = [b for p in data["panels"].values() for h in p["ci"].values() for b in h.values()]
+    notes = [SEED_CI] + ([CI_NOTE] if any(np.isfinite(b).all() for b in bars) else [])
     if axis == "epochs":
         notes += ["bottom: dashed where each budget ends, ● its best checkpoint"]
     legend(fig, handles, seeds if axis == "epochs" else {}, notes)
