@@ -230,6 +230,7 @@ def difference_figure(runs: list[Run]):
                 what = f"Δ {split} {PANEL_TITLES[metric]}\n({favours(metric, vertical=True)})"
                 panel.set_ylabel(what, fontsize=9)
             panel.grid(alpha=0.3)
+            panel.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes[-1, j].set_xlabel("epoch")
     handles = [
         Line2D([], [], color="k", lw=2.0, label="mean CE − BCE"),
