@@ -3,8 +3,7 @@
     python -m xray_loss.train loss=ce lr=1e-3
     python -m xray_loss.train -m loss=bce,ce lr=1e-4,1e-3 epochs=2
 
-Every run writes into its own directory (``logs/<name>/runs/<time>_<overrides>``, or a job's of
-a multirun): config (``.hydra/``), ``metrics.json``, checkpoints, TensorBoard events, predictions.
+Each run writes its config, metrics.json, checkpoints, events and predictions in its own folder.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ from typing import Any
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -43,17 +43,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if run.skip:  # resume=true and this run already completed
             return run.record.data
         check_config(cfg)
-        choices = HydraConfig.get().runtime.choices
-        run.record.update(
-            config=hyperparameters(cfg, choices), configuration=run_configuration(cfg)
-        )
+        config = hyperparameters(cfg, HydraConfig.get().runtime.choices)
+        run.record.update(config=config, configuration=run_configuration(cfg))
         share_cpu_threads(cfg, HydraConfig.get().launcher)
         with LocalRanks(cfg, run_dir):  # the other local ranks of a DDP job
             datamodule: L.LightningDataModule = instantiate(cfg.data)
             datamodule.setup("fit")  # splits and class counts, before the model is built
             run.record.update(splits=datamodule.manifest())
-            # seeded after the data setup, which may or may not draw random numbers (a cold
-            # decode cache runs a DataLoader, a warm one does not): cold and warm runs agree
+            # seeded after the data setup (a cold decode cache draws random numbers, a warm not)
             L.seed_everything(int(cfg.seed), workers=True, verbose=False)
             module = instantiate(
                 cfg.module,
@@ -128,9 +125,8 @@ def print_summary(run_dir: Path, result: dict[str, Any], cfg: DictConfig) -> Non
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> dict[str, Any]:
-    """Hydra entry point. In a multirun a failed job is recorded and the sweep goes on, unless
-    every job would fail alike (a config or data error about settings they share); a signal
-    stops a run or sweep as interrupted, naming the command that continues it."""
+    """Hydra entry point. A failed sweep job is recorded and the sweep goes on, unless every job
+    would fail alike; a signal stops a run or sweep as interrupted, naming how to continue."""
     setup_process()  # in launcher workers too (a no-op where the command already ran it)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
@@ -143,7 +139,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         if not multirun:
             raise
         stop_if_every_job_fails(err, HydraConfig.get())
-        log.error("job failed: %s", err)
+        # the project's own errors are one sentence; anything else keeps its stack
+        log.error("job failed: %s", err, exc_info=not isinstance(err, CompactHydraException))
         return RunRecord(Path(cfg.paths.output_dir)).data
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from xray_loss.metrics import CURVES, SCORES
+from xray_loss.metrics import COMPARED_METRICS, CURVES, SCORES
 from xray_loss.report.figures import PANEL_TITLES, grid, legend
 from xray_loss.report.paired import _cell as cell_of  # the cells paired_loss_tests tests
 from xray_loss.report.panels import layout, seed_styles, title_text
@@ -27,7 +27,6 @@ from xray_loss.report.stats import mean_std, t_interval
 
 # the test measures whose CE − BCE difference the forest plot and summary.md show: the
 # head-independent NLL, the ranking (AUROC) and the decisions at the threshold (accuracy)
-EFFECT_METRICS = ("nll", "auroc", "acc")
 POOLED = "all settings pooled"
 DIFF_COLOR = "#CC79A7"  # Okabe-Ito reddish purple: neither head's colour
 
@@ -65,7 +64,7 @@ def _summary(diffs: list[float], where: str) -> dict[str, Any]:
     return {"diffs": diffs, "n": len(diffs), "mean": mean, "std": std, "low": low, "high": high}
 
 
-def effects(runs: list[Run], metrics: tuple[str, ...] = EFFECT_METRICS) -> dict[str, Any]:
+def effects(runs: list[Run], metrics: tuple[str, ...] = COMPARED_METRICS) -> dict[str, Any]:
     """CE − BCE per cell and metric: each (seed, fold)'s difference, their mean, std and 95%
     t-interval; then the pooled row where there are several cells. ``metrics``: those of
     ``metrics`` that some paired run recorded (older records have no NLL); a cell where a run

@@ -22,7 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from xray_loss.metrics import CURVES, OBJECTIVE, SCORES
+from xray_loss.metrics import COMPARED_METRICS, CURVES, OBJECTIVE, SCORES
 from xray_loss.report.panels import (
     heads_text,
     interval_key,
@@ -156,7 +156,6 @@ def compare_figure(runs: list[Run], axis: str):
 
 
 # the test measures drawn against an axis: the head-independent NLL first
-SWEEP_METRICS = ("nll", "auroc", "acc")
 
 
 def sweep_figure(runs: list[Run], axis: str, ci: tuple[list[str], dict] | None = None):
@@ -171,7 +170,7 @@ def sweep_figure(runs: list[Run], axis: str, ci: tuple[list[str], dict] | None =
     xs = values_of(shown.runs, axis)
     heads = values_of(shown.runs, "loss") if axis != "loss" else {"": ""}
     styles, seeds = series_styles("loss", list(heads.values())), seed_styles(shown.runs)
-    metrics = [m for m in SWEEP_METRICS if any(np.isfinite(r.test(m)) for r in shown.runs)]
+    metrics = [m for m in COMPARED_METRICS if any(np.isfinite(r.test(m)) for r in shown.runs)]
     metrics = metrics or ["auroc"]
     nrows, ncols = len(metrics) + (axis == "epochs"), max(1, len(shown.panels))
     width = max(6.0, 2.9 * ncols + 1.0)
