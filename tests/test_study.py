@@ -74,7 +74,7 @@ def test_the_page_rebuilds_byte_for_byte_from_its_committed_records_alone(tmp_pa
     page = write_page(out, ROOT / PILOT, n_boot=20)
     first = page.read_bytes()
     figures = sorted(p.name for p in (out / "figures").iterdir())
-    assert {"curve_differences.png", "fig1_loss_compare.png", "calibration.png"} <= set(figures)
+    assert {"fig1_difference.png", "fig3_forest.png", "calibration.png"} <= set(figures)
     for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", first.decode()):
         assert (page.parent / link).is_file(), link
     copy = tmp_path / "b" / NEW

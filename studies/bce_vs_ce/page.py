@@ -3,11 +3,10 @@
     python -m studies.bce_vs_ce.page [--records docs/results/2026-12-07-bce-vs-ce]
 
 writes ``<records>.md`` beside the records folder and its figures into ``<records>/figures/``:
-the curve differences (:mod:`studies.bce_vs_ce.figures`) and the package report's figures and
-tables (``xray_loss.report.make_report`` on the records, their predictions expanded into the
-files the report reads). Byte for byte reproducible: nothing on the page comes from the
-machine, the clock or the folder that writes it. Numbers come from :mod:`.measures`, every
-judging sentence from a rule of :mod:`.rules`.
+the package report's figures and tables (``xray_loss.report.make_report`` on the records,
+their predictions expanded into the files the report reads). Byte for byte reproducible:
+nothing on the page comes from the machine, the clock or the folder that writes it. Numbers
+come from :mod:`.measures`, every judging sentence from a rule of :mod:`.rules`.
 """
 
 from __future__ import annotations
@@ -433,8 +432,10 @@ def figures_section(folder: Path) -> list[str]:
 
 
 FIGURE_TEXT = {
-    "curve_differences": "CE minus BCE per epoch, mean over seeds with its 95% t-band: train "
-    "and val NLL and accuracy, one row per learning rate",
+    "fig1_difference": "CE minus BCE per epoch, paired by seed, mean with its 95% t-band: train "
+    "and val NLL and accuracy, one column per learning rate (the package report)",
+    "fig3_forest": "CE minus BCE per cell on the test split, every seed a dot, the mean with its "
+    "95% t-interval (the package report)",
     "fig1_loss_compare": "learning curves, BCE vs CE (the package report)",
     "fig2_lr": "learning curves across learning rates (the package report)",
     "fig2_epochs": "test metrics against the epoch budget, best checkpoint (the package report)",
@@ -466,8 +467,7 @@ def staged(folder: Path, runs: list[StudyRun], into: Path) -> Path:
 
 
 def draw(folder: Path, runs: list[StudyRun], n_boot: int) -> None:
-    """``figures/``: the curve differences and the package report's figures and tables."""
-    from studies.bce_vs_ce.figures import curve_differences
+    """``figures/``: the package report's figures and tables of the records."""
     from xray_loss.report.build import make_report
 
     out = folder / "figures"
@@ -476,7 +476,6 @@ def draw(folder: Path, runs: list[StudyRun], n_boot: int) -> None:
     out.mkdir(parents=True)
     if not runs:
         return
-    curve_differences(runs, out / "curve_differences.png")
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report"
         make_report([staged(folder, runs, Path(tmp) / "runs")], report, n_boot=n_boot)
