@@ -78,20 +78,23 @@ notebook: install  ## execute notebooks/study.ipynb in place (outputs committed)
 # its HParams experiment is the only one. The URL it prints opens every tab filled: all runs
 # selected (Scalars, Custom Scalars and Images select none past 40 by themselves), unsmoothed
 # (one point per epoch), Time Series on the curves (xray_loss.runtime.rundirs.tensorboard_url).
+# SWEEP reaches the shell through the environment, so any character (a quote) stays a path.
 SWEEP ?= logs
+tensorboard: export SWEEP := $(value SWEEP)
 tensorboard: install  ## serve logs/ (or SWEEP=<dir>) on http://127.0.0.1:$(PORT)/
-	@$(PY) -m xray_loss.runtime.rundirs URL "$(SWEEP)" $(PORT)
-	$(VENV)/bin/tensorboard --logdir "$(SWEEP)" --host 127.0.0.1 --port $(PORT) --samples_per_plugin images=20
+	@$(PY) -m xray_loss.runtime.rundirs URL "$$SWEEP" $(PORT)
+	$(VENV)/bin/tensorboard --logdir "$$SWEEP" --host 127.0.0.1 --port $(PORT) --samples_per_plugin images=20
 
-# The README's study on a Kermany-layout folder: the grid (loss x lr x epochs, 3 seeds), the
-# matched-head controls, the report and docs/results/<date>-full-grid.md (xray_loss.study).
-# Resumable: the same command continues an interrupted study. STUDY_ARGS sets the scale; the
-# default is the CPU one (small CNN at 32 px) and carves a test split (the folder has no test/).
+# The BCE vs CE study (studies/bce_vs_ce/README.md) on a Kermany-layout folder with test/: its
+# runs (studies/bce_vs_ce/run.sh, resumable: the same command continues an interrupted study),
+# then each completed run's small records copied beside the page, then the page rebuilt from
+# those records alone (docs/results/2026-12-07-bce-vs-ce.md). ARGS go to every training run.
 DATA ?=
-STUDY_ARGS ?= data.image_size=32 data.test_fraction=0.15 data.num_workers=0
-study: install  ## make study DATA=path/to/chest_xray [STUDY_ARGS="model=resnet18 trainer=gpu"]
-	@test -n "$(DATA)" || { echo "make study: name the data folder: make study DATA=path/to/chest_xray (DATA/train/NORMAL, DATA/train/PNEUMONIA)" >&2; exit 2; }
-	$(PY) -m xray_loss.study "$(DATA)" $(STUDY_ARGS)
+study: install  ## make study DATA=path/to/chest_xray [ARGS="trainer=gpu"]
+	@test -n "$(DATA)" || { echo "make study: name the data folder: make study DATA=path/to/chest_xray (DATA/train/NORMAL, DATA/train/PNEUMONIA, DATA/test/...)" >&2; exit 2; }
+	PY=$(PY) studies/bce_vs_ce/run.sh "$(DATA)" logs/bce_vs_ce $(ARGS)
+	$(PY) -m studies.bce_vs_ce.collect logs/bce_vs_ce
+	$(PY) -m studies.bce_vs_ce.page
 
 clean:  ## remove logs, caches and build debris (keeps .venv)
 	rm -rf logs outputs multirun lightning_logs .pytest_cache .ruff_cache build *.egg-info

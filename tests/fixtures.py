@@ -11,12 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from xray_loss.data.phantom import generate_phantoms
+from xray_loss.module import XrayClassifier
 
 NOT_UTF8 = os.fsdecode(b"IM-0001-0001-\xe9.jpeg")  # the byte 0xe9 alone is not UTF-8
 SHOWN = "IM-0001-0001-\\xe9.jpeg"  # how every message and CSV writes that name
@@ -193,3 +195,25 @@ def train_steps(module, batches, steps: int):
     module.eval()
     with torch.no_grad():
         return module.predict_proba(batches[-1][0])
+
+
+BACKBONE = {"_target_": "xray_loss.backbones.SmallCNN", "widths": [8, 16], "pool": "avg"}
+
+
+def save_model(path: Path, seed: int = 0) -> Path:
+    """An untrained small CNN (weights drawn with ``seed``) saved at ``path`` as a training run
+    saves its checkpoints: a second call with the same path overwrites it, as resume does."""
+    torch.manual_seed(seed)
+    model = XrayClassifier(
+        backbone=BACKBONE,
+        head={"_target_": "xray_loss.heads.BCEHead"},
+        optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
+        run_config={"data": {"image_size": 32, "resize": "squash"}},
+    )
+    trainer = L.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
+    trainer.strategy.connect(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trainer.save_checkpoint(path)
+    return path

@@ -30,6 +30,9 @@ VARIED = {
     "checkpoint_every_n_steps": "checkpoint_every_n_steps=3",
     "logger.": "logger=csv",
     "callbacks.model_checkpoint.filename": "callbacks.model_checkpoint.filename=best",
+    "callbacks.model_checkpoint._target_": (
+        "callbacks.model_checkpoint._target_=lightning.pytorch.callbacks.ModelCheckpoint"
+    ),
     "callbacks.progress_bar.": "callbacks.progress_bar.refresh_rate=1",
     "callbacks.sample_grid.": "callbacks.sample_grid.per_class=2",
     "callbacks.dashboard_layout.": "~callbacks.dashboard_layout",

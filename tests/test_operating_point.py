@@ -347,8 +347,8 @@ def test_source_and_rule_round_trip_through_checkpoint_metrics_eval_and_predict(
 @pytest.mark.parametrize(
     "content, said",
     [
-        ('{"value": 7.0, "rule": "youden", "source": "site"}', "outside [0, 1]"),
-        ('{"value": NaN, "rule": "youden"}', "outside [0, 1]"),
+        ('{"value": 7.0, "rule": "youden", "source": "site"}', "not a probability in [0, 1]"),
+        ('{"value": NaN, "rule": "youden"}', "not a probability in [0, 1]"),
         ('{"value": 0.4, "rule": "youden", "sou', "cannot be read"),
         ('{"rule": "youden"}', "cannot be read"),
         ('{"value": 0.4, "rule": "sens@2"}', "cannot be read"),
@@ -357,14 +357,14 @@ def test_source_and_rule_round_trip_through_checkpoint_metrics_eval_and_predict(
 def test_an_impossible_or_damaged_sidecar_is_refused_and_named(tmp_path, content, said):
     from xray_loss.config import ConfigError
     from xray_loss.inference import operating_point as applied
-    from xray_loss.threshold import read_sidecar
+    from xray_loss.inference import read_sidecar
 
     ckpt = tmp_path / "best-epoch003.ckpt"
     sidecar_path(ckpt).write_text(content)
     with pytest.raises(ConfigError) as err:
-        read_sidecar(ckpt)
+        read_sidecar(ckpt, {})  # refused before the weights are compared
     message = str(err.value)
     assert said in message and str(sidecar_path(ckpt)) in message
     assert "recalibrate=" in message and "delete it" in message
     with pytest.raises(ConfigError):  # what eval and predict call
-        applied(None, ckpt)
+        applied(torch.nn.Linear(1, 1), ckpt)

@@ -6,38 +6,22 @@ import csv
 import logging
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
 from PIL import Image
 
 from tests.conftest import run_cli
-from tests.fixtures import NOT_UTF8, SHOWN, png_header_only
+from tests.fixtures import NOT_UTF8, SHOWN, png_header_only, save_model
 from xray_loss.config import ConfigError
 from xray_loss.eval import evaluate
-from xray_loss.module import XrayClassifier
 from xray_loss.predict import COLUMNS, predict
-
-BACKBONE = {"_target_": "xray_loss.backbones.SmallCNN", "widths": [8, 16], "pool": "avg"}
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """An untrained small CNN saved as a training run would save it (32 px, squash)."""
-    model = XrayClassifier(
-        backbone=BACKBONE,
-        head={"_target_": "xray_loss.heads.BCEHead"},
-        optimizer={"_target_": "torch.optim.Adam", "_partial_": True, "lr": 1e-3},
-        run_config={"data": {"image_size": 32, "resize": "squash"}},
-    )
-    trainer = L.Trainer(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False
-    )
-    trainer.strategy.connect(model)
-    path = tmp_path_factory.mktemp("ckpt") / "best-epoch001.ckpt"
-    trainer.save_checkpoint(path)
-    return path
+    return save_model(tmp_path_factory.mktemp("ckpt") / "best-epoch001.ckpt")
 
 
 def _cfg(tmp_path: Path, **values):

@@ -6,7 +6,7 @@ step go through public APIs now: tests/test_checkpoint_io.py.)
 - Lightning ``trainer.fit_loop.epoch_loop.batch_progress.is_last_batch``, in
   ``callbacks.fit_end`` and ``runtime/checkpointing.ResumeCheckpoint``: whether the epoch ran
   to its end (``max_time`` can cut it); there is no public flag.
-- Optuna ``Trial._trial_id``, in ``hydra_plugins/xray_loss_optuna``: a job reopens its trial by
+- Optuna ``Trial._trial_id``, in ``xray_loss/runtime/optuna_search.py``: a job reopens its trial by
   storage id; Optuna has no public accessor.
 """
 

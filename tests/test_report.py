@@ -22,7 +22,14 @@ def test_report_writes_the_study_figures_and_summary(study_sweep, tmp_path):
     out = tmp_path / "report"
     written = make_report([study_sweep], out, n_boot=100)
     figures = written["figures"]
-    assert set(figures) == {"fig1_loss_compare", "fig2_epochs", "fig2_lr", "calibration"}
+    assert set(figures) == {
+        "fig1_loss_compare",
+        "fig1_difference",
+        "fig2_epochs",
+        "fig2_lr",
+        "fig3_forest",
+        "calibration",
+    }
     for fig in figures.values():
         assert all(Path(p).stat().st_size > 5000 for p in fig["files"])
         assert {Path(p).suffix for p in fig["files"]} == {".png", ".pdf"}
@@ -40,7 +47,7 @@ def test_report_writes_the_study_figures_and_summary(study_sweep, tmp_path):
     )
     # titles name what is held fixed, and why, and mark the dry run
     title = fig1["title"].replace("\n", " ")
-    assert "one column per lr" in title and "batch_size=32" in title
+    assert "one column per lr" in title and "batch_size" not in title  # summary.md's line
     assert "epochs=100 (longest; runs of fewer epochs are its first epochs)" in title
     assert "dry run: 100 epochs nominal, 5 trained" in title
     assert "loss=" not in title and "lr=" not in title  # compared or a column: not "held"
@@ -66,7 +73,7 @@ def test_report_writes_the_study_figures_and_summary(study_sweep, tmp_path):
     assert "dry run: 10/30/100 epochs nominal, 1/2/5 trained" in title
     fig2_lr = figures["fig2_lr"]["data"]
     assert fig2_lr["columns"] == ["BCE", "CE"]  # both heads
-    assert all(set(fig2_lr["panels"][h]["train/objective"]) == set(lrs) for h in ("BCE", "CE"))
+    assert all(set(fig2_lr["panels"][h]["train/nll"]) == set(lrs) for h in ("BCE", "CE"))
     calibration = figures["calibration"]["data"]
     assert calibration["columns"] == lrs and calibration["bins"] == 10
     title = calibration["title"].replace("\n", " ")

@@ -107,7 +107,8 @@ def test_the_epoch_budgets_show_both_heads_at_every_lr_with_both_intervals():
         assert panel["ci"]["CE"][30] == (row["auroc_ci_low"], row["auroc_ci_high"])
         assert panel["budgets"]["BCE"][30]["trained"] == [3, 3, 3]
         assert panel["val_auroc"]["CE"]["epochs"] == list(range(1, 11))
-    assert "95% CI of the mean over test sampling" in fig.legends[0].get_title().get_text()
+    legend = fig.legends[0].get_title().get_text()
+    assert "95% CI over test sampling" in legend and "95% t-interval over seeds" in legend
 
 
 def test_settings_neither_compared_nor_paneled_are_held_at_the_best_on_validation():

@@ -12,7 +12,6 @@ from scipy import stats as scipy_stats
 
 from xray_loss.report import __main__ as report_cli
 from xray_loss.report.calibration import calibration_figure
-from xray_loss.report.findings import paired
 from xray_loss.report.paired import paired_loss_tests, sign_flip_test
 from xray_loss.report.runs import Run, columns
 from xray_loss.report.stats import (
@@ -141,13 +140,6 @@ def test_summary_rows_name_the_bootstrap_unit():
     assert rows[0]["n"] == 2 and rows[0]["auroc_ci_unit"] == "images" and rows[0]["best"]
 
 
-def _cells(diffs: list[float], metric_base: float = 0.8) -> dict:
-    """findings' cells: BCE and CE at lr 1e-3, 10 epochs, one run per seed, CE - BCE = diffs."""
-    bce = {s: _run(record("bce", s, metric_base)) for s in range(len(diffs))}
-    ce = {s: _run(record("ce", s, metric_base + d)) for s, d in enumerate(diffs)}
-    return {("bce", 1e-3, 10): bce, ("ce", 1e-3, 10): ce}
-
-
 def test_the_interval_over_seeds_uses_students_t_at_n_minus_1_degrees_of_freedom():
     # scipy's quantiles against a printed table (two-sided 95%: df 2 4.303, df 10 2.228,
     # df 30 2.042; e.g. any Student t table): what the hand-typed table rounded (4.30 for
@@ -157,21 +149,18 @@ def test_the_interval_over_seeds_uses_students_t_at_n_minus_1_degrees_of_freedom
     rng = np.random.default_rng(0)
     for n in range(3, 32):
         diffs = list(0.01 + 0.02 * rng.standard_normal(n))
-        found = paired(_cells(diffs), "bce", "ce", 1e-3, 10, "auroc")
+        low, high = t_interval(diffs, "a cell")
         half = scipy_stats.t.ppf(0.975, n - 1) * np.std(diffs, ddof=1) / np.sqrt(n)
-        assert found["n"] == n and found["mean"] == pytest.approx(np.mean(diffs), abs=1e-12)
-        assert found["low"] == pytest.approx(np.mean(diffs) - half, rel=1e-9, abs=1e-12), n
-        assert found["high"] == pytest.approx(np.mean(diffs) + half, rel=1e-9, abs=1e-12), n
+        assert low == pytest.approx(np.mean(diffs) - half, rel=1e-9, abs=1e-12), n
+        assert high == pytest.approx(np.mean(diffs) + half, rel=1e-9, abs=1e-12), n
     assert t_interval([0.1], "one seed") == (pytest.approx(math.nan, nan_ok=True),) * 2
 
 
 def test_a_nan_difference_is_refused_naming_its_cell():
     with pytest.raises(StatsError, match="the differences: 1 of 3 paired"):
         sign_flip_test([0.1, math.nan, 0.2])  # was p = 0
-    cells = _cells([0.01, 0.02, 0.03])
-    cells[("ce", 1e-3, 10)][1] = _run(record("ce", 1, math.nan))
-    with pytest.raises(StatsError, match=r"CE minus BCE, test auroc at lr=0.001, 10 epochs: 1"):
-        paired(cells, "bce", "ce", 1e-3, 10, "auroc")  # was an interval of the other two
+    with pytest.raises(StatsError, match=r"CE minus BCE at lr=0.001: 1 of 3 paired"):
+        t_interval([0.01, math.nan, 0.03], "CE minus BCE at lr=0.001")  # was of the other two
     runs = [_run(record(h, s, 0.8 + 0.01 * (h == "ce"), lr=1e-3)) for h in ("bce", "ce")
             for s in range(4)]  # fmt: skip
     runs[5] = _run(record("ce", 1, math.nan, lr=1e-3))

@@ -1,93 +1,111 @@
-"""`make study`: the grid, the matched controls at the lr chosen on validation, the report and
-the results page, at tiny scale; and the committed results page against its own summary.csv."""
+"""studies/bce_vs_ce: collect copies each completed run's small records, the page is rebuilt
+from them alone byte for byte, says plainly what is missing, and the 2026-11-28 page stays."""
 
 from __future__ import annotations
 
 import csv
+import filecmp
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.conftest import ROOT, assert_ok, run_cli
-from tests.fixtures import make_kermany
+from studies.bce_vs_ce import measures
+from studies.bce_vs_ce.collect import CURVE_TAGS, MAX_RUN_BYTES, collect
+from studies.bce_vs_ce.page import PILOT, write_page
+from tests.conftest import ROOT
+from tests.study_records import make_logs, make_run
+from xray_loss.report.records import read_curves
 
-TINY_STUDY = ["seeds=2", "epochs_scale=0.05", "data.image_size=16", "data.num_workers=0"]
-
-
-def page_table(page: Path) -> list[list[str]]:
-    """The rows of the page's summary table (after its '## Summary table' heading)."""
-    text = page.read_text().split("## Summary table", 1)[1]
-    rows = [line for line in text.splitlines() if line.startswith("|")]
-    return [[c.strip().strip("*") for c in row.strip("|").split("|")] for row in rows[2:]]
+NEW = "2026-12-07-bce-vs-ce"
 
 
-def assert_table_is_summary_csv(page: Path, summary: Path) -> None:
-    with open(summary, newline="") as f:
-        expected = list(csv.DictReader(f))
-    rows = page_table(page)
-    assert len(rows) == len(expected)
-    for row, want in zip(rows, expected, strict=True):
-        assert row[0] == want["loss"] and float(row[1]) == pytest.approx(float(want["lr"]))
-        assert int(row[2]) == int(want["epochs"]) and int(row[3]) == int(want["n"])
-        assert float(row[4]) == pytest.approx(float(want["auroc_mean"]), abs=6e-5)
-        assert row[-1] == "-" or float(row[-1]) == pytest.approx(
-            float(want["val_auroc_mean"]), abs=6e-5
-        )
+def test_collect_adds_only_new_runs_and_keeps_each_small_and_complete(tmp_path: Path):
+    logs = make_logs(tmp_path / "logs", seeds=1, lrs=(1e-5,))
+    out = tmp_path / "results" / NEW
+    assert len(collect(logs, out)) == 2
+    assert collect(logs, out) == []  # idempotent
+    make_run(logs / "primary" / "loss=bce,seed=1", "bce", 1e-5, 1)
+    (logs / "primary" / "loss=ce,seed=1").mkdir()
+    (logs / "primary" / "loss=ce,seed=1" / "metrics.json").write_text('{"status": "running"}')
+    (added,) = collect(logs, out)  # the new completed run only, not the running one
+    assert added == out / "runs" / "primary" / "loss=bce,seed=1"
+    (manifest,) = (out / "manifests").iterdir()  # one split, one manifest
+    assert sorted(p.name for p in manifest.iterdir()) == ["test.csv", "train.csv", "val.csv"]
+    for run in (out / "runs" / "primary").iterdir():
+        assert sum(p.stat().st_size for p in run.iterdir()) < MAX_RUN_BYTES
+        curves = read_curves(run)  # the package report reads them back
+        assert set(curves) == set(CURVE_TAGS) and len(curves["val/nll"]) == 100
+        record = json.loads((run / "metrics.json").read_text())
+        with open(run / "predictions.csv", newline="") as f:
+            header = next(csv.reader(f))
+        tested = {b["best_epoch"] for b in record["budgets"].values()} | {10, 30, 100}
+        assert header == ["index", "label", "patient", *(f"epoch{e:03d}" for e in sorted(tested))]
+    # each column is the predictions file of its epoch, to 6 significant digits
+    source = logs / "primary" / "loss=bce,seed=0"
+    run = next(r for r in measures.load(out) if r.job == "loss=bce,seed=0")
+    with open(source / "test_predictions_epoch030_last.csv", newline="") as f:
+        probs = [float(r["prob"]) for r in csv.DictReader(f)]
+    assert run.predictions["epoch030"] == pytest.approx(probs, rel=5e-6)
+
+
+def test_a_partial_study_says_how_many_seeds_are_done_and_what_has_no_runs(tmp_path: Path):
+    out = tmp_path / "results" / NEW
+    collect(make_logs(tmp_path / "logs", seeds=2, lrs=(1e-5,)), out)
+    text = write_page(out, ROOT / PILOT, figures=False).read_text()
+    assert "BCE at lr 1e-05: 2 of 10 seeds done; the numbers below are provisional." in text
+    assert "CE at lr 0.001: no runs yet (0 of 10 seeds)." in text
+    assert "Paired seeds: 2 of 10 seeds done" in text
+    assert "not resolved: 0 seed pair(s)" in text  # Q3 has no lr 1e-4 runs to pair with
+    assert "The records hold 2 primary pairs (fewer than that)" in text
+    # provenance from the records, never the writing machine
+    assert "commit abc1234 (4 runs)" in text and "trainer: Some CPU, 2 cores" in text
 
 
 @pytest.mark.slow
-def test_the_study_runs_end_to_end_and_its_page_is_its_own_numbers(tmp_path: Path):
-    data = make_kermany(tmp_path / "chest", n_normal=40, n_pneumonia=60)
-    args = [str(data), "--out", "study", "--page", "results", *TINY_STUDY]
-    done = run_cli(*args, module="xray_loss.study", cwd=tmp_path)
-    assert_ok(done)
-    study = tmp_path / "study"
-    grid = [p for p in (study / "grid").iterdir() if (p / "metrics.json").exists()]
-    matched = [p for p in (study / "matched").iterdir() if (p / "metrics.json").exists()]
-    assert len(grid) == 12 and len(matched) == 4  # 2 heads x 3 lr x 2 seeds; 2 heads x 2 seeds
-    # the controls ran at the lr where the heads' best val loss differs most: recomputed here
-    from xray_loss.study import matched_lr
-
-    lr, gaps = matched_lr(study / "grid")
-    assert lr == max(gaps, key=gaps.get) and len(gaps) == 3
-    records = [json.loads((p / "metrics.json").read_text()) for p in matched]
-    assert {r["config"]["lr"] for r in records} == {lr}
-    assert {r["config"]["loss"] for r in records} == {"bce_matched", "ce_matched"}
-
-    (page,) = (tmp_path / "results").glob("*-full-grid.md")
-    folder = page.with_suffix("")
-    assert_table_is_summary_csv(page, folder / "summary.csv")
-    text = page.read_text()
-    for figure in re.findall(r"!\[[^]]*\]\(([^)]+)\)", text):
-        assert (page.parent / figure).is_file(), figure
-    assert len(list((folder / "runs").rglob("metrics.json"))) == 16
-    assert f"lr={lr:g}" in text and "make study DATA=" in text
-    assert "Shortcut probe" in text  # the probe ran and its numbers are on the page
-
-    # the records kept beside the page (metrics.json, curves.csv) are a report's input again
-    from xray_loss.report.build import make_report
-
-    make_report([folder / "runs"], tmp_path / "again", n_boot=10)
-    with open(folder / "summary.csv") as f, open(tmp_path / "again" / "summary.csv") as g:
-        first, second = list(csv.DictReader(f)), list(csv.DictReader(g))
-    assert [r["auroc_mean"] for r in first] == [r["auroc_mean"] for r in second]
-    assert (tmp_path / "again" / "fig1_loss_compare.png").exists()
-
-    # run again: nothing is retrained (resume=true skips completed jobs), the page is rewritten
-    before = {p: (p / "metrics.json").stat().st_mtime for p in grid}
-    again = run_cli(*args, module="xray_loss.study", cwd=tmp_path)
-    assert_ok(again)
-    assert {p: (p / "metrics.json").stat().st_mtime for p in grid} == before
-    assert page.read_text() == text
+def test_the_page_rebuilds_byte_for_byte_from_its_committed_records_alone(tmp_path: Path):
+    out = tmp_path / "a" / NEW
+    collect(make_logs(tmp_path / "logs", seeds=3), out)
+    shutil.rmtree(tmp_path / "logs")  # the records alone
+    page = write_page(out, ROOT / PILOT, n_boot=20)
+    first = page.read_bytes()
+    figures = sorted(p.name for p in (out / "figures").iterdir())
+    assert {"fig1_difference.png", "fig3_forest.png", "calibration.png"} <= set(figures)
+    for link in re.findall(r"!\[[^]]*\]\(([^)]+)\)", first.decode()):
+        assert (page.parent / link).is_file(), link
+    copy = tmp_path / "b" / NEW
+    shutil.copytree(out, copy)
+    shutil.rmtree(copy / "figures")
+    again = write_page(out, ROOT / PILOT, n_boot=20)
+    elsewhere = write_page(copy, ROOT / PILOT, n_boot=20)
+    assert again.read_bytes() == first and elsewhere.read_bytes() == first
+    match, mismatch, errors = filecmp.cmpfiles(out / "figures", copy / "figures", figures,
+                                               shallow=False)  # fmt: skip
+    assert (mismatch, errors) == ([], []) and sorted(match) == figures
 
 
-def test_a_missing_data_folder_is_one_sentence_with_the_layout(tmp_path: Path):
-    done = run_cli(str(tmp_path / "nowhere"), module="xray_loss.study", cwd=tmp_path)
-    assert done.returncode == 2
-    assert "train/" in done.stderr and "NORMAL" in done.stderr
-    assert "Traceback" not in done.stderr
+def test_the_design_on_the_page_is_the_experiment_that_runs():
+    experiment = yaml.safe_load((ROOT / "conf/experiment/bce_vs_ce.yaml").read_text())
+    swept = experiment["hydra"]["sweeper"]["params"]
+    assert swept["seed"] == f"range(0,{measures.SEEDS})"
+    assert swept["loss"] == ",".join(measures.LOSSES)
+    assert tuple(experiment["budgets"]) == measures.BUDGETS
+    assert experiment["epochs"] == measures.EPOCHS and experiment["batch_size"] == 32
+    run = (ROOT / "studies/bce_vs_ce/run.sh").read_text()
+    lrs = [float(x) for lr in re.findall(r" lr=([0-9e.,-]+)", run) for x in lr.split(",")]
+    assert lrs[0] == measures.PRIMARY_LR and tuple(sorted(lrs)) == measures.LRS
+
+
+def test_make_study_runs_the_study_then_collects_then_writes_the_page():
+    done = subprocess.run(["make", "-n", "study", "DATA=/data", "STAMP=/dev/null"], cwd=ROOT,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    steps = [line for line in done.stdout.splitlines() if "studies" in line]
+    assert 'studies/bce_vs_ce/run.sh "/data" logs/bce_vs_ce' in steps[0]
+    assert "studies.bce_vs_ce.collect" in steps[1] and "studies.bce_vs_ce.page" in steps[2]
 
 
 def in_short(page: Path) -> str:
@@ -96,15 +114,20 @@ def in_short(page: Path) -> str:
     return " ".join(text.split())
 
 
-def test_the_committed_results_page_shows_its_summary_csv():
-    pages = sorted((ROOT / "docs" / "results").glob("*-full-grid.md"))
-    assert pages, "docs/results holds no results page"
-    # the README links the newest page and quotes its summary as the page states it
-    lines = (ROOT / "README.md").read_text().splitlines()
-    readme = " ".join(" ".join(line.removeprefix("> ") for line in lines).split())
-    assert f"(docs/results/{pages[-1].name})" in readme
-    assert in_short(pages[-1]) in readme
-    for page in pages:
-        assert_table_is_summary_csv(page, page.with_suffix("") / "summary.csv")
-        for figure in re.findall(r"!\[[^]]*\]\(([^)]+)\)", page.read_text()):
-            assert (page.parent / figure).is_file(), figure
+def test_the_superseded_page_is_kept_with_its_summary_and_links_the_new_one():
+    old = ROOT / "docs/results/2026-11-28-full-grid.md"
+    lines = old.read_text().splitlines()
+    assert "superseded" in lines[0].lower() and f"({NEW}.md)" in lines[0]
+    assert in_short(old).startswith("At equal nominal learning rate, CE's test loss differs")
+    assert (old.with_suffix("") / "summary.csv").is_file()
+
+
+def test_the_committed_page_is_what_its_committed_records_rebuild(tmp_path: Path):
+    records = ROOT / "docs/results" / NEW
+    copy = tmp_path / NEW
+    if records.exists():
+        shutil.copytree(records, copy)
+    else:  # no run collected yet: the page of an empty study
+        copy.mkdir()
+    rebuilt = write_page(copy, ROOT / PILOT, figures=False)
+    assert rebuilt.read_bytes() == records.with_suffix(".md").read_bytes()

@@ -27,7 +27,7 @@ from tests.conftest import (
 from tests.fixtures import make_kermany
 from xray_loss.report.runs import identity, load_runs
 from xray_loss.report.stats import summarise
-from xray_loss.runtime.optuna_pruning import OptunaPruning
+from xray_loss.runtime.optuna_search import OptunaPruning
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, Timer
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer
 from lightning.pytorch.utilities import rank_zero_only
 from torchmetrics.functional.classification import (
     binary_auroc,
@@ -64,9 +64,21 @@ class DivergenceGuard(L.Callback):
                 else (f"averaged {mean:.3g} over the last steps (above max_loss={self.max_loss:g})")
             )
             raise TrainingDiverged(
-                f"Training diverged: the loss {what} in epoch {trainer.current_epoch} "
+                f"Training diverged: the loss {what} in epoch {trainer.current_epoch + 1} "
                 f"(step {trainer.global_step}). Lower the learning rate (lr={_lr(trainer)})."
             )
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, its ``{epoch}`` counted from 1 like everything else the
+    run reports: ``best-epoch011.ckpt`` holds the weights after 11 epochs of training, the
+    ``best_epoch`` of metrics.json and the epoch of the curves' x axis (Lightning's own
+    ``epoch`` is the 0-based index of the epoch that was running)."""
+
+    def format_checkpoint_name(self, metrics, filename=None, ver=None, prefix=None) -> str:
+        if "epoch" in metrics:
+            metrics = {**metrics, "epoch": metrics["epoch"] + 1}
+        return super().format_checkpoint_name(metrics, filename, ver, prefix)
 
 
 def fit_end(trainer: L.Trainer) -> tuple[str, int]:
@@ -208,7 +220,9 @@ def roc_figure(probs: torch.Tensor, labels: torch.Tensor, threshold: float):
 
 
 class EpochBudgets(L.Callback):
-    """Keeps, at each epoch budget (e.g. 10, 30, 100), the best checkpoint so far, and tests it.
+    """Keeps, at each epoch budget (e.g. 10, 30, 100), the best checkpoint so far and the
+    weights of that epoch itself, and tests both (the fixed-epoch result shows what checkpoint
+    selection changes; at the last budget it is the last epoch's).
 
     After fit, :meth:`test` gives what a separate run of NNN epochs would have reported (the best
     val AUROC checkpoint among its epochs, tested), from one long run: exactly so when nothing
@@ -261,13 +275,18 @@ class EpochBudgets(L.Callback):
             return
         if not checkpoint.best_model_path:
             return
-        path = self.dir / f"epoch{nominal:03d}.ckpt"
+        # budget010-best-epoch007.ckpt: the best checkpoint within the 10-epoch budget, named
+        # like the run's own; budget010-last-epoch010.ckpt: the weights after the budget's own
+        # epoch (epochs counted from 1, as everywhere)
+        path = self.dir / f"budget{nominal:03d}-{Path(checkpoint.best_model_path).name}"
+        last = self.dir / f"budget{nominal:03d}-last-epoch{epochs_done:03d}.ckpt"
         if trainer.is_global_zero:
             self.dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(checkpoint.best_model_path, path)
-        trainer.strategy.barrier()
+        trainer.save_checkpoint(last, weights_only=True)  # every rank takes part
         self.saved[nominal] = {
             "checkpoint": str(path),
+            "last_checkpoint": str(last),
             "epochs_trained": epochs_done,
             "best_val_auroc": float(checkpoint.best_model_score),
         }
@@ -293,12 +312,19 @@ class EpochBudgets(L.Callback):
                 enable_model_summary=False,
             )
             for nominal, info in sorted(self.saved.items()):
+                if info.get("last_checkpoint"):  # the weights of the budget's own epoch
+                    found = tester.test(module, datamodule, ckpt_path=info["last_checkpoint"])
+                    last = {k: v for k, v in found[0].items() if k.startswith("test/")}
+                    name = f"test_predictions_epoch{nominal:03d}_last.csv"
+                    write_predictions(self.output_dir / name, module.evaluated["test"], datamodule)
                 found = tester.test(module, datamodule=datamodule, ckpt_path=info["checkpoint"])
                 test = {k: v for k, v in found[0].items() if k.startswith("test/")}
                 name = f"test_predictions_epoch{nominal:03d}.csv"
                 write_predictions(self.output_dir / name, module.evaluated["test"], datamodule)
                 best_epoch = module.loaded_epoch + 1
                 results[str(nominal)] = {**info, "best_epoch": best_epoch, "test": test}
+                if info.get("last_checkpoint"):
+                    results[str(nominal)]["last_test"] = last
                 for logger in trainer.loggers:
                     logger.log_metrics({f"budget/{k}": v for k, v in test.items()}, step=nominal)
         trainer.strategy.barrier()

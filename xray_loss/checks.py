@@ -8,6 +8,7 @@ import inspect
 import math
 import re
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -58,49 +59,159 @@ def _fraction_half_open(value):
     return n is not None and 0 <= n < 1
 
 
-# key -> (test, allowed values in words). Keys absent from the config are skipped.
+def _weights(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """A class weighting: null (none), auto (from the class counts) or what ``test`` takes."""
+    return lambda value: value is None or value == "auto" or test(value)
+
+
+def _two_positive(value) -> bool:  # [w_normal, w_pneumonia]: a list or OmegaConf's ListConfig
+    pair = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else []
+    return len(pair) == 2 and all(map(_positive, pair))
+
+
+def _at_least(low: float):
+    return lambda value: _number(value) is not None and _number(value) >= low
+
+
+def _one_of(*choices: Any):
+    # `is` for the booleans: 1 == True, and resume=1 is not resume=true
+    return lambda value: any(value is c if isinstance(c, bool) else value == c for c in choices)
+
+
+_BOOL = (_one_of(True, False), "true or false")
+
+
+def _duration(value: Any) -> bool:
+    """What Lightning's Timer takes, and more than no time: ``DD:HH:MM:SS`` or a timedelta
+    mapping such as ``{minutes: 14}``."""
+    if isinstance(value, str) and re.fullmatch(r"\d+:\d+:\d+:\d+", value.strip()):
+        days, hours, minutes, seconds = (int(part) for part in value.split(":"))
+        return (
+            timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds).total_seconds() > 0
+        )
+    if OmegaConf.is_dict(value) or isinstance(value, dict):
+        try:
+            return timedelta(**{k: float(v) for k, v in dict(value).items()}).total_seconds() > 0
+        except (TypeError, ValueError):
+            return False
+    return value is None
+
+
+def _widths(value: Any) -> bool:
+    return (
+        (OmegaConf.is_list(value) or isinstance(value, list))
+        and len(value) > 0
+        and all(_int(w) is not None and _int(w) >= 1 for w in value)
+    )
+
+
+def _gpu_there(cuda_only: bool):
+    """gpu (or cuda) only where the machine has one: Lightning's "No supported gpu backend
+    found!" (train) and a silent CPU run (predict) say less."""
+
+    def ok(value: Any) -> bool:
+        import torch
+
+        if str(value) not in ("gpu", "cuda"):
+            return True
+        mps = not cuda_only and value == "gpu" and torch.backends.mps.is_available()
+        return torch.cuda.is_available() or mps
+
+    return ok
+
+
+_NO_GPU = "cpu or auto on this machine, which has no GPU (trainer=cpu runs on the CPU)"
+
+# key -> (test, allowed values in words). Keys absent from the config are skipped; one table
+# for the settings of train, predict (batch_size, accelerator, cam) and the sweeps.
 _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "lr": (_positive, "a number > 0, e.g. 1e-3"),
     "epochs": (_int_at_least(1), "an integer >= 1"),
     "batch_size": (_int_at_least(1), "an integer >= 1"),
-    "seed": (_int_at_least(0), "an integer >= 0"),
+    "seed": (
+        lambda v: _int(v) is not None and 0 <= _int(v) < 2**32,
+        "an integer >= 0 and < 2**32 = 4294967296 (numpy's seed range)",
+    ),
     "epochs_scale": (_positive, "a number > 0"),
     "seeds": (_int_at_least(1), "an integer >= 1"),
-    "optimizer.weight_decay": (
-        lambda v: _number(v) is not None and _number(v) >= 0,
-        "a number >= 0",
+    "resume": _BOOL,
+    "compile": _BOOL,
+    "cam": _BOOL,
+    "channels_last": (_one_of("auto", True, False), "auto, true or false"),
+    "accelerator": (
+        lambda v: _one_of("auto", "cpu", "gpu")(v) and _gpu_there(cuda_only=True)(v),
+        "auto, cpu or gpu, and gpu only on a machine with a CUDA GPU",
     ),
+    "trainer.accelerator": (_gpu_there(cuda_only=False), _NO_GPU),
+    "trainer.max_time": (
+        _duration,
+        "null, a duration DD:HH:MM:SS longer than zero (e.g. 00:00:14:00 for 14 minutes) or a "
+        "mapping such as {minutes: 14}",
+    ),
+    "logger": (
+        lambda v: OmegaConf.is_dict(v) and len(v) > 0,
+        "one logger or more of conf/logger (e.g. logger=tensorboard or logger=[tensorboard,csv])",
+    ),
+    "optimizer.weight_decay": (_at_least(0), "a number >= 0"),
+    "optimizer.momentum": (_fraction_half_open, "a number in [0, 1), e.g. 0.9"),
+    "model.backbone.widths": (_widths, "a non-empty list of integers >= 1, e.g. [16,32,64,128]"),
     "data.n_train": (_int_at_least(2), "an integer >= 2"),
     "data.n_val": (_int_at_least(2), "an integer >= 2"),
     "data.n_test": (_int_at_least(2), "an integer >= 2"),
     "data.image_size": (_int_at_least(16), "an integer >= 16 (pixels)"),
     "data.num_workers": (_int_at_least(0), "an integer >= 0"),
     "data.eval_batch_size": (_int_at_least(1), "an integer >= 1, or null for batch_size"),
+    "data.on_device": (_one_of("auto", True, False), "auto, true or false"),
+    "data.augment.enabled": _BOOL,
+    "data.augment.hflip": _BOOL,
+    "data.augment.rotation": (_at_least(0), "a number of degrees >= 0, e.g. 10"),
+    "data.augment.crop_scale": (
+        lambda v: _number(v) is not None and 0 < _number(v) <= 1,
+        "a number in (0, 1], e.g. 0.85",
+    ),
+    "data.augment.brightness": (_at_least(0), "a number >= 0, e.g. 0.15"),
+    "data.augment.contrast": (_at_least(0), "a number >= 0, e.g. 0.15"),
     "checkpoint_every_n_epochs": (_int_at_least(1), "an integer >= 1"),
+    "checkpoint_every_n_steps": (_int_at_least(0), "an integer >= 0 (0: at epoch ends only)"),
     "data.pneumonia_fraction": (_fraction_open, "a number strictly between 0 and 1"),
     "data.difficulty": (_positive, "a number > 0"),
     "data.val_fraction": (_fraction_open, "a number strictly between 0 and 1"),
     "data.test_fraction": (_fraction_half_open, "a number in [0, 1)"),
+    # a class weighted 0 or below is trained against (pos_weight=-1: a negative loss)
+    "loss.pos_weight": (_weights(_positive), "null, auto or a number > 0 (1 is unweighted)"),
+    "loss.class_weights": (_weights(_two_positive), "null, auto or two numbers > 0"),
+    "loss.alpha": (_weights(_fraction_open), "null, auto or a number strictly between 0 and 1"),
+    "loss.gamma": (_at_least(0), "a number >= 0"),
     "loss.label_smoothing": (_fraction_half_open, "a number in [0, 1)"),
     "threads": (lambda v: v == "auto" or _int_at_least(1)(v), "auto or an integer >= 1"),
     "name": (
-        lambda v: isinstance(v, str) and re.fullmatch(r"[\w.-]+", v) and v not in (".", ".."),
-        "a plain folder name under logs/ (letters, digits, '-', '_', '.'), not a path",
+        lambda v: (
+            isinstance(v, str)
+            and re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", v)
+            and v not in (".", "..")
+        ),
+        "a plain folder name under logs/ of at most 100 ASCII letters, digits, '-', '_' or "
+        "'.', not a path",
     ),
 }
+# present in every config that has them at all: an empty group (logger=[]) drops the key
+_REQUIRED = ("logger",)
 
 
 def check_values(cfg: DictConfig, keys: Sequence[str] = tuple(_RULES)) -> None:
     """Raise ``ConfigError`` on the first invalid value of ``keys``, naming it and its range."""
     for key in keys:
         ok, allowed = _RULES[key]
-        if OmegaConf.select(cfg, key, default="__absent__") == "__absent__":
+        absent = OmegaConf.select(cfg, key, default="__absent__") == "__absent__"
+        if absent and key not in _REQUIRED:
             continue
         value = OmegaConf.select(cfg, key)
         if key.startswith("data.") and value is None:
             continue
         if not ok(value):
-            raise ConfigError(f"Invalid value {key}={value!r}: {key} must be {allowed}.")
+            shown = "[]" if value is None and key in _REQUIRED else repr(value)
+            shown = shown if len(shown) <= 60 else f"{shown[:40]}...({len(str(value))} characters)"
+            raise ConfigError(f"Invalid value {key}={shown}: {key} must be {allowed}.")
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -184,10 +295,28 @@ def check_keys(cfg: DictConfig) -> None:
         if extra:
             name = str(node._target_).rsplit(".", 1)[-1]
             hint = " (debug=tiny and debug=sweep shrink the phantom data only)" * (group == "data")
+            preset = _preset_setting(f"{group}.{extra[0]}", node[extra[0]])
+            if preset:  # e.g. model=resnet18 debug=tiny: not a key the user typed
+                hint = (
+                    f" ({preset} sets it to {node[extra[0]]}: {preset} shrinks the default small "
+                    f"CNN and phantom data only, so leave it out with this {group.split('.')[0]})"
+                )
             raise ConfigError(
                 f"Unknown setting {group}.{extra[0]}: {name} takes no {extra[0]}{hint}; its "
                 f"settings are {', '.join(sorted(accepted))}."
             )
+
+
+def _preset_setting(key: str, value: Any) -> str | None:
+    """The preset (``debug=tiny``) whose file sets ``key`` to ``value``: a key the user never
+    typed is named as the preset's, not as theirs."""
+    for preset in sorted(CONF.glob("*/*.yaml")):
+        text = preset.read_text()
+        if "@package _global_" in text.split("\n", 1)[0]:
+            found = OmegaConf.select(OmegaConf.load(preset), key, default=None)
+            if found is not None and found == value:
+                return f"{preset.parent.name}={preset.stem}"
+    return None
 
 
 def check_threshold(value: Any, key: str = "threshold") -> dict[str, Any]:

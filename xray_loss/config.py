@@ -52,18 +52,40 @@ def quote_path_overrides(argv: list[str], keys: Sequence[str]) -> list[str]:
     return out
 
 
+def spell_out_threshold(argv: list[str]) -> list[str]:
+    """``threshold=youden`` is short for ``threshold.rule=youden`` (README); spelled out when
+    a ``threshold.<key>=`` override sits beside it, which Hydra could not apply to the short
+    form's string ("Could not override 'threshold.source'")."""
+    if not any(arg.lstrip("+~").startswith("threshold.") for arg in argv):
+        return argv
+    return [
+        f"threshold.rule={arg[len('threshold=') :]}"
+        if arg.startswith("threshold=") and not arg[len("threshold=") :].startswith("{")
+        else arg
+        for arg in argv
+    ]
+
+
 def scale_epochs(epochs: int, scale: float) -> int:
     """Epochs actually trained: ``epochs * epochs_scale``, at least 1 (for debug sweeps)."""
     return max(1, round(int(epochs) * float(scale)))
 
 
-# known noise: Lightning's hints about loader workers (the data is in memory), an idle GPU,
-# srun on the PATH of a machine not running under SLURM, a pytree deprecation in Lightning
+# known noise, each checked benign: Lightning's hints about loader workers (the data is in
+# memory), an idle GPU, srun on the PATH of a machine not running under SLURM, a pytree
+# deprecation in Lightning; and, at every run's validate/test of ckpt_path="best", that the
+# trainer has several ModelCheckpoint callbacks: last.ckpt's (runtime.checkpointing.
+# LastCheckpoint) is one too, and the best checkpoint Lightning then takes, the first one's, is
+# conf/callbacks/default.yaml's model_checkpoint (tests/test_console.py checks it is the one
+# metrics.json records)
 _QUIET_WARNINGS = (
     r".*does not have many workers.*",
     r".*GPU available but not used.*",
     r".*`isinstance\(treespec, LeafSpec\)`.*",
     r".*The `srun` command is available on your system but is not used.*",
+    r'`\.(validate|test)\(ckpt_path="best"\)` is called with Trainer configured with multiple '
+    r"`ModelCheckpoint` callbacks\. It will use the best checkpoint path from first checkpoint "
+    r"callback\.",
 )
 
 

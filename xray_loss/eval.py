@@ -38,7 +38,7 @@ from xray_loss.callbacks import TestReport
 from xray_loss.config import ConfigError, quote_path_overrides, setup_process
 from xray_loss.data.kermany_layout import read_labeled_folder
 from xray_loss.data.splits import split_difference
-from xray_loss.inference import load_classifier, run_config
+from xray_loss.inference import bound, load_classifier, run_config
 from xray_loss.inference import operating_point as applied_operating_point
 from xray_loss.metrics import binary_metrics
 from xray_loss.runtime.record import RunRecord, Status, write_json_atomic
@@ -106,9 +106,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"Invalid value split={cfg.split!r}: split must be test or val.")
     model = load_classifier(cfg.ckpt_path)
-    point, _ = applied_operating_point(model, cfg.ckpt_path)  # a recalibrated one applies
-    if cfg.recalibrate:
+    if cfg.recalibrate:  # before any sidecar applies: it replaces one, even a refused one
         return recalibrate(cfg, model, out)
+    point, _ = applied_operating_point(model, cfg.ckpt_path)  # a recalibrated one applies
     trained = run_config(model)
     datamodule = instantiate(data_config(cfg, trained, out))
     if not cfg.get("data"):  # the run's own data: exactly the images it was tested on
@@ -192,7 +192,7 @@ def recalibrate(cfg: DictConfig, model, out: Path) -> dict[str, Any]:
         )
     print("\n".join(lines), flush=True)  # what was computed, even if it cannot be kept
     try:
-        write_json_atomic(sidecar, {**point, "checkpoint": str(Path(cfg.ckpt_path).resolve())})
+        write_json_atomic(sidecar, bound(point, cfg.ckpt_path, model.state_dict()))
     except OSError as err:
         raise ConfigError(
             f"Could not write the operating point beside the checkpoint, {sidecar} "

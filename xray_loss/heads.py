@@ -1,36 +1,14 @@
 """Loss heads: how many logits the classifier emits, the loss on them, and P(pneumonia).
 
-The science the project studies, stated exactly (see README, "BCE vs CE"):
+CE on two logits is BCE on their difference d = z1 - z0, but d moves twice as fast: CE at lr
+trains exactly like BCE with head lr 2*lr (and the head initialised at w1 - w0). So a BCE/CE
+gap at equal nominal lr measures the head's effective lr, not the loss. The derivation, the
+matched heads (``bce_matched``, ``ce_matched``) that reproduce the other head's trajectory, and
+what cannot be matched (refused by ``xray_loss.checks.matched_head_problem``): docs/heads.md.
 
-Let h be the backbone features. The BCE head has one logit s = u.h + c and loss
-softplus(s) - y*s. The CE head has two logits z_k = w_k.h + b_k; with d = z1 - z0,
-
-    CE(z, y) = softplus(d) - y*d = BCE(d, y)        and        softmax(z)[1] = sigmoid(d),
-
-so both heads span the same functions (u = w1 - w0, c = b1 - b0) and give the same gradient on
-the decision logit and on the backbone. They differ in two things only:
-
-1. learning rate: w1 and w0 each take a full step in opposite directions, so d moves twice as
-   fast. CE at learning rate lr trains *exactly* like BCE whose head is initialised at
-   u = w1 - w0, c = b1 - b0 and trained with head learning rate 2*lr and weight decay wd/2
-   (SGD with or without momentum, Adam, AdamW; see below for what cannot be matched);
-2. initial spread: with PyTorch's default init, d starts sqrt(2) times wider than a fresh s.
-
-So a BCE/CE gap at equal nominal lr measures the head's effective lr and init, not the loss.
-``BCEHead(match="ce")`` is the BCE head that reproduces CE's dynamics, and ``CEHead(match="bce")``
-the CE head that reproduces BCE's (head lr lr/2, init w1 = u/2, w0 = -u/2): with the same seed,
-``loss=bce`` and ``loss=ce_matched`` train identically, and so do ``loss=ce`` and
-``loss=bce_matched``. Comparing ``ce`` with ``ce_matched`` isolates that effect.
-
-Head weights are drawn from a private generator seeded from one draw of the global RNG (taken
-by the module), and the layer is built without PyTorch's default init, so building any head
-leaves the global RNG exactly where it was: runs that differ only in the head see the same
-backbone init, data order, augmentation and dropout masks.
-
-Weight decay and the head's learning-rate scale: the module gives the head's parameter group
-``lr * lr_scale`` and ``weight_decay / lr_scale``, which keeps the decay of u = w1 - w0 matched
-under SGD (coupled L2) and AdamW (decoupled). Combinations that no rescaling makes exact are
-refused at config time (``xray_loss.checks.matched_head_problem``).
+Building a head draws nothing from the global RNG (a private generator, seeded from one draw
+the module takes whatever the head), so runs that differ only in the head share everything
+else; the head's parameter group gets ``lr * lr_scale`` and ``weight_decay / lr_scale``.
 """
 
 from __future__ import annotations
@@ -231,8 +209,8 @@ class FocalHead(Head):
         if alpha == "auto":
             n_neg, n_pos = _counts(class_counts, "alpha")
             alpha = n_neg / (n_neg + n_pos)
-        if alpha is not None and not 0.0 <= float(alpha) <= 1.0:
-            raise ValueError(f"loss.alpha must be null, auto or in [0, 1], got {alpha}.")
+        if alpha is not None and not 0.0 < float(alpha) < 1.0:  # 0 or 1: a class weighs nothing
+            raise ValueError(f"loss.alpha must be null, auto or in (0, 1), got {alpha}.")
         if float(gamma) < 0:
             raise ValueError(f"loss.gamma must be >= 0, got {gamma}.")
         self.gamma = float(gamma)

@@ -111,6 +111,7 @@ SCHEMA: dict[str, Key] = {
     "logger.": Key(B),
     # callbacks are settings (an EMA of the weights, the checkpoint's metric, the divergence
     # guard, the time budget) but for those that write, show or resume
+    "callbacks.model_checkpoint._target_": Key(B),  # a subclass that only names the files
     "callbacks.model_checkpoint.dirpath": Key(B),
     "callbacks.model_checkpoint.filename": Key(B),
     "callbacks.model_checkpoint.save_last": Key(B),

@@ -92,6 +92,8 @@ SCORES: dict[str, Score] = {
 OBJECTIVE = "objective"
 # `train/` logs these (running means over the epoch's batches)
 TRAIN_METRICS = (OBJECTIVE, "nll", "brier", "acc")
+# what the report compares heads and settings on: the head-independent NLL, AUROC, accuracy
+COMPARED_METRICS = ("nll", "auroc", "acc")
 # the per-epoch curves the report draws
 CURVES = ("train/nll", "val/nll", "train/acc", "val/acc")
 

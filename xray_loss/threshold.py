@@ -19,12 +19,14 @@ patients, when they are known) and reports optimism-corrected sensitivity and sp
 95% intervals whose coverage was measured by simulation, the threshold's own interval, and a
 warning.
 ``python -m xray_loss.eval recalibrate=FOLDER`` writes one beside a checkpoint
-(:func:`sidecar_path`); eval and predict use it when present.
+(:func:`sidecar_path`), bound to the weights it was chosen for
+(``xray_loss.inference.weights_digest``); eval and predict use it when present and refuse it
+for any other weights (a checkpoint overwritten
+since, e.g. ``last.ckpt`` by ``resume=true``, or the file copied beside another checkpoint).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -46,6 +48,19 @@ class RuleError(ValueError):
     """A threshold rule that is not one of the documented forms."""
 
 
+def probability(value: Any) -> float | None:
+    """``value`` as a fixed threshold: a number in [0, 1], else None. The one check of a
+    threshold number, from the command line or from a file: a bool is no number (JSON's
+    ``true`` would read as 1.0, calling every image normal), nor is NaN."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        return None
+    return number if 0.0 <= number <= 1.0 else None
+
+
 def parse_rule(rule: Any) -> tuple[str, float | None]:
     """``("youden", None)``, ``("sens", 0.95)``, ``("spec", 0.9)`` or ``("fixed", 0.3)``."""
     text = str(rule).strip()
@@ -54,11 +69,8 @@ def parse_rule(rule: Any) -> tuple[str, float | None]:
     match = _TARGET.match(text)
     if match:
         return match.group(1), float(match.group(2))
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not 0.0 <= value <= 1.0:
+    value = probability(rule)
+    if value is None:
         raise RuleError(
             f"threshold rule {rule!r} is not valid: use a probability in [0, 1], youden, "
             f"sens@0.95 (a target sensitivity) or spec@0.90 (a target specificity)."
@@ -122,13 +134,7 @@ def operating_point(
     - ``warning``: the sample is too small to trust, and what its intervals were measured to
       be worth at that size.
 
-    Measured by simulation (scores with AUROC 0.80, rule youden, n_boot 1000; the check is
-    tests/test_operating_point.py): the 95% intervals covered the population sensitivity and
-    specificity of the chosen threshold 96% / 96% of the time at 50 + 50 images and 95% / 98%
-    at 8 + 8 (the in-sample bootstrap this replaces: 87% / 87% and 65% / 61%). The estimate is
-    still somewhat optimistic: sensitivity + specificity by +0.02 at 50 + 50 and +0.10 at
-    8 + 8 (apparent: +0.08 and +0.24). Evaluating each re-chosen threshold out of bag was
-    tried too: nearly unbiased, but its intervals were twice as wide and covered 99-100%.
+    How well the intervals cover, measured by simulation: docs/data.md ("The operating point").
     """
     probs, labels = probs.float().cpu(), labels.long().cpu()
     kind, target = parse_rule(rule)
@@ -269,33 +275,6 @@ def sidecar_path(ckpt_path: str | Path) -> Path:
     """Where a recalibrated operating point of a checkpoint lives: beside it."""
     path = Path(ckpt_path)
     return path.with_name(f"{path.name}.operating_point.json")
-
-
-def read_sidecar(ckpt_path: str | Path) -> dict[str, Any] | None:
-    """The recalibrated operating point beside a checkpoint (None if there is none), checked
-    like a threshold on the command line: a damaged or impossible one is refused, named."""
-    from xray_loss.config import ConfigError
-
-    path = sidecar_path(ckpt_path)
-    if not path.exists():
-        return None
-    fix = (
-        f"Write it again with `python -m xray_loss.eval ckpt_path={ckpt_path} "
-        f"recalibrate=<labeled folder>`, or delete it to use the checkpoint's own threshold."
-    )
-    try:
-        point = json.loads(path.read_text())
-        value = float(point["value"])
-        parse_rule(point.get("rule", value))
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"The operating point {path} cannot be read ({reason}). {fix}") from None
-    if not 0.0 <= value <= 1.0:  # (NaN fails this too)
-        raise ConfigError(
-            f"The operating point {path} holds threshold {value}, outside [0, 1]: every image "
-            f"would get one class. {fix}"
-        )
-    return point
 
 
 def describe(point: dict[str, Any]) -> str:

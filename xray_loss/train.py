@@ -3,19 +3,20 @@
     python -m xray_loss.train loss=ce lr=1e-3
     python -m xray_loss.train -m loss=bce,ce lr=1e-4,1e-3 epochs=2
 
-Every run writes into its own directory (``logs/<name>/runs/<time>_<overrides>``, or a job's of
-a multirun): config (``.hydra/``), ``metrics.json``, checkpoints, TensorBoard events, predictions.
+Each run writes its config, metrics.json, checkpoints, events and predictions in its own folder.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -23,13 +24,13 @@ from omegaconf import DictConfig, OmegaConf
 from xray_loss.budget import TimeBudget
 from xray_loss.callbacks import EpochBudgets, fit_end
 from xray_loss.checks import check_config
-from xray_loss.config import setup_process
+from xray_loss.config import setup_process, spell_out_threshold
 from xray_loss.dashboard import write_experiment, write_session
 from xray_loss.identity import hyperparameters, run_configuration
 from xray_loss.metrics import metric_names
 from xray_loss.runtime.ddp import LocalRanks, global_rank, share_cpu_threads
 from xray_loss.runtime.record import Interrupted, RunRecord, recorded_run
-from xray_loss.runtime.sweep import report_interruption
+from xray_loss.runtime.sweep import console, report_interruption, stop_if_every_job_fails
 
 log = logging.getLogger("xray_loss.train")
 
@@ -42,16 +43,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if run.skip:  # resume=true and this run already completed
             return run.record.data
         check_config(cfg)
-        choices = HydraConfig.get().runtime.choices
-        run.record.update(
-            config=hyperparameters(cfg, choices), configuration=run_configuration(cfg)
-        )
+        config = hyperparameters(cfg, HydraConfig.get().runtime.choices)
+        run.record.update(config=config, configuration=run_configuration(cfg))
         share_cpu_threads(cfg, HydraConfig.get().launcher)
         with LocalRanks(cfg, run_dir):  # the other local ranks of a DDP job
             datamodule: L.LightningDataModule = instantiate(cfg.data)
             datamodule.setup("fit")  # splits and class counts, before the model is built
-            # seeded after the data setup, which may or may not draw random numbers (a cold
-            # decode cache runs a DataLoader, a warm one does not): cold and warm runs agree
+            run.record.update(splits=datamodule.manifest())
+            # seeded after the data setup (a cold decode cache draws random numbers, a warm not)
             L.seed_everything(int(cfg.seed), workers=True, verbose=False)
             module = instantiate(
                 cfg.module,
@@ -82,7 +81,7 @@ def callbacks(cfg: DictConfig) -> list[L.Callback]:
     """The configured callbacks, plus Optuna's pruning hook in a trial of hparams_search."""
     found = [instantiate(c) for c in cfg.callbacks.values() if c]
     if cfg.get("optuna_trial_id") is not None:
-        from xray_loss.runtime.optuna_pruning import OptunaPruning, trial_from_sweep
+        from xray_loss.runtime.optuna_search import OptunaPruning, trial_from_sweep
 
         found.append(OptunaPruning(trial_from_sweep(int(cfg.optuna_trial_id))))
     return found
@@ -105,28 +104,29 @@ def summarise(trainer: L.Trainer, module, val: dict, test: dict, budgets: dict) 
         "operating_point": module.operating_point_report(),
         "val": {k: float(v) for k, v in val.items()},
         "test": {k: float(v) for k, v in test.items() if k.startswith("test/")},
+        "test_images": len(module.evaluated["test"].labels),  # test_predictions.csv's rows
         "budgets": budgets,
         "world_size": trainer.world_size,
     }
 
 
 def print_summary(run_dir: Path, result: dict[str, Any], cfg: DictConfig) -> None:
+    """The run's result, on the console and in its train.log (``sweep.console``)."""
     test = result["test"]
-    print(
+    console.info(
         f"\nRun finished: best epoch {result['best_epoch']}, "
         f"val AUROC {result['best_val_auroc']:.4f}\n"
         f"Test (best checkpoint, threshold {result['threshold']:.3f}): "
         + ", ".join(f"{m} {test.get(f'test/{m}', float('nan')):.4f}" for m in metric_names())
         + f"\nRun directory: {run_dir}\n"
-        f"TensorBoard:   make tensorboard SWEEP={run_dir}",
-        flush=True,
+        f"TensorBoard:   make tensorboard SWEEP={run_dir}"
     )
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train")
 def main(cfg: DictConfig) -> dict[str, Any]:
-    """Hydra entry point. In a multirun a failed job is recorded and the sweep goes on; a
-    signal stops a run or sweep as interrupted, naming the command that continues it."""
+    """Hydra entry point. A failed sweep job is recorded and the sweep goes on, unless every job
+    would fail alike; a signal stops a run or sweep as interrupted, naming how to continue."""
     setup_process()  # in launcher workers too (a no-op where the command already ran it)
     multirun = HydraConfig.get().mode == RunMode.MULTIRUN
     try:
@@ -138,10 +138,13 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     except Exception as err:
         if not multirun:
             raise
-        log.error("job failed: %s", err)
+        stop_if_every_job_fails(err, HydraConfig.get())
+        # the project's own errors are one sentence; anything else keeps its stack
+        log.error("job failed: %s", err, exc_info=not isinstance(err, CompactHydraException))
         return RunRecord(Path(cfg.paths.output_dir)).data
 
 
 if __name__ == "__main__":
     setup_process()
+    sys.argv[1:] = spell_out_threshold(sys.argv[1:])
     main()

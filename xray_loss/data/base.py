@@ -9,6 +9,8 @@ the same way. Images stay uint8 until they reach the model, which scales and nor
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from pathlib import Path
@@ -193,6 +195,17 @@ class XrayDataModule(L.LightningDataModule):
                 self.setup("test")
             self._identities[name] = self.splits[name].identity()
         return self._identities[name]
+
+    def manifest(self) -> dict[str, dict[str, Any]]:
+        """Each split's size and a digest of its images (names, labels, contents): metrics.json
+        records it, so a results page can say which data every run saw."""
+        out = {}
+        for name in self.splits or {}:
+            identity = self.identity(name)
+            rows = sorted(zip(*(identity[k] for k in ("files", "labels", "hashes")), strict=True))
+            digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]
+            out[name] = {"n": len(rows), "digest": digest}
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """Stored in every checkpoint (Lightning's datamodule state): the images of the val and

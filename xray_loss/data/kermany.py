@@ -29,6 +29,7 @@ from xray_loss.data.kermany_layout import (
     check_classes,
     cross_split_duplicates,
     find_root,
+    label_conflicts,
     scan,
 )
 from xray_loss.data.splits import connected_groups, grouped_folds, grouped_split
@@ -52,7 +53,8 @@ class KermanyDataModule(XrayDataModule):
         split_seed: seed of the split; fixed by default so that seeds vary training only.
         cache, cache_dir: decode each image once into a uint8 store and memory-map it.
         skip_bad_files: skip unreadable images with a warning instead of failing at setup.
-        split_csv: where to write the audit CSV of the split (file, label, patient, split).
+        split_csv: where to write the audit CSV of the split (file, label, patient, split, note,
+            sha1 of the file): the split manifest a results page keeps.
     """
 
     name = "kermany"
@@ -143,13 +145,15 @@ class KermanyDataModule(XrayDataModule):
         files = [f for f in files if f.folder in used]
 
         images, files, hashes = self._images(files)
+        if conflict := label_conflicts(files, hashes):
+            raise DataError(conflict)
         dropped = cross_split_duplicates(files, hashes)
         assignment = self._assign(files, hashes, dropped)
         notes = {
             i: f"dropped: same contents as {display_path(files[j].path.relative_to(root))}"
             for i, j in dropped.items()
         }
-        self._write_split_csv(root, files, assignment, notes)
+        self._write_split_csv(root, files, hashes, assignment, notes)
         splits = {}
         for name in ("train", "val", "test", "calibration"):
             positions = [i for i, s in enumerate(assignment) if s == name]
@@ -280,7 +284,12 @@ class KermanyDataModule(XrayDataModule):
         return assignment
 
     def _write_split_csv(
-        self, root: Path, files: list[ImageFile], assignment: list[str], notes: dict[int, str]
+        self,
+        root: Path,
+        files: list[ImageFile],
+        hashes: list[str | None],
+        assignment: list[str],
+        notes: dict[int, str],
     ) -> None:
         if not self.split_csv:
             return
@@ -288,7 +297,7 @@ class KermanyDataModule(XrayDataModule):
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
-            writer.writerow(["file", "label", "patient", "split", "note"])
+            writer.writerow(["file", "label", "patient", "split", "note", "sha1"])
             for i, (image, split) in enumerate(zip(files, assignment, strict=True)):
                 writer.writerow(
                     [
@@ -297,6 +306,7 @@ class KermanyDataModule(XrayDataModule):
                         image.patient,
                         split,
                         notes.get(i, ""),
+                        hashes[i] or "",
                     ]
                 )
         log.info("split written to %s", path)

@@ -81,7 +81,23 @@ def find_root(root: str | Path | None) -> Path:
 
 def labeled_images(folder: Path) -> list[tuple[Path, int]]:
     """(path, label) of every image under ``folder``'s class sub-folders, in a stable order
-    (hidden files, ``__MACOSX/`` and other extensions ignored)."""
+    (hidden files, ``__MACOSX/`` and other extensions ignored). A folder or image beside the
+    class folders (``train/COVID/``) is refused: leaving it out silently changes the data."""
+    stray = [
+        child
+        for child in (sorted(folder.iterdir()) if folder.is_dir() else [])
+        if not child.name.startswith(".")
+        and child.name != "__MACOSX"
+        and (child.is_dir() or child.suffix.lower() in EXTENSIONS)
+        and child.name.lower() not in CLASSES
+    ]
+    if stray:
+        raise DataError(
+            f"{display_path(stray[0])} is not a class folder: xray_loss reads only "
+            f"{folder}/NORMAL/ and {folder}/PNEUMONIA/ (two classes); move "
+            f"{'it' if len(stray) == 1 else f'it and {len(stray) - 1} more'} out of {folder}."
+            f"\n{LAYOUT}"
+        )
     found = []
     for class_name, label in CLASSES.items():
         class_dir = _child(folder, class_name)
@@ -141,6 +157,27 @@ def cross_split_duplicates(files: list[ImageFile], hashes: list[str | None]) -> 
         for i, h in enumerate(hashes)
         if h is not None and files[owner[h]].folder != files[i].folder
     }
+
+
+def label_conflicts(files: list[ImageFile], hashes: list[str | None]) -> str | None:
+    """Why the data cannot be trained on when one image's exact contents carry both labels
+    (the same file in NORMAL/ and PNEUMONIA/): which label is right is the user's call."""
+    first: dict[str, ImageFile] = {}
+    pairs = []
+    for image, digest in zip(files, hashes, strict=True):
+        if digest is None:
+            continue
+        seen = first.setdefault(digest, image)
+        if seen.label != image.label:
+            pairs.append((seen.path, image.path))
+    if not pairs:
+        return None
+    shown = "; ".join(f"{display_path(a)} = {display_path(b)}" for a, b in pairs[:3])
+    more = f"; and {len(pairs) - 3} more" if len(pairs) > 3 else ""
+    return (
+        f"{len(pairs)} image(s) sit in both NORMAL/ and PNEUMONIA/ with identical contents, a "
+        f"label conflict ({shown}{more}): delete the copy whose label is wrong, or both."
+    )
 
 
 def read_labeled_folder(folder: Path, image_size: int, resize: str) -> Split:

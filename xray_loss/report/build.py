@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from xray_loss.report.calibration import calibration_figure
+from xray_loss.report.effects import difference_figure, effects, forest_figure
 from xray_loss.report.figures import compare_figure, save, sweep_figure
 from xray_loss.report.paired import paired_loss_tests
 from xray_loss.report.panels import STUDY_FIGURES, dry_run_note, held, intervals
@@ -66,10 +67,18 @@ def make_report(
     for name, (axis, kind) in figure_jobs(compare or [], columns([r.record for r in runs])).items():
         fig, data = sweep_figure(runs, axis, ci) if kind == "sweep" else compare_figure(runs, axis)
         written["figures"][name] = {"files": save(fig, out, name), "data": data}
+    tests = paired_loss_tests(runs)  # first: it names a cell with a NaN difference
+    found = effects(runs)
+    if found["rows"]:  # the effect itself: CE − BCE per epoch, and per cell on the test set
+        drawn = {
+            "fig1_difference": difference_figure(runs),
+            "fig3_forest": forest_figure(runs, found),
+        }
+        for name, (fig, data) in drawn.items():
+            written["figures"][name] = {"files": save(fig, out, name), "data": data}
     if any(r.labels is not None for r in runs):
         fig, data = calibration_figure(runs)
         written["figures"]["calibration"] = {"files": save(fig, out, "calibration"), "data": data}
-    tests = paired_loss_tests(runs)
     write_summary(
         out,
         cols,
@@ -80,8 +89,9 @@ def make_report(
         note=dry_run_note(runs),
         confounded=confounds([r.record for r in runs]),
         duplicates=duplicates,
+        effects=found,
     )
-    written.update(summary=rows, tests=tests, columns=cols)
+    written.update(summary=rows, tests=tests, effects=found, columns=cols)
     print(
         f"{len(runs)} run(s); wrote {len(written['figures'])} figure(s), summary.md and "
         f"summary.csv to {out}"

@@ -69,8 +69,8 @@ def series_styles(axis: str, values: list[Any]) -> dict[str, dict[str, Any]]:
             color = HEAD_COLORS.get(str(v)) or next(spare)
             out[str(v)] = {"color": color, "ls": "--" if str(v).endswith("_matched") else "-"}
         return out
-    cmap = colormaps["viridis"]
-    stops = np.linspace(0.0, 0.85, len(values)) if len(values) > 1 else [0.0]
+    cmap = colormaps["viridis"]  # stops short of its pale yellow end, which white swallows
+    stops = np.linspace(0.0, 0.7, len(values)) if len(values) > 1 else [0.0]
     pairs = zip(values, stops, strict=True)
     return {str(v): {"color": cmap(float(s)), "ls": "-"} for v, s in pairs}
 
@@ -197,20 +197,23 @@ def confound_note(runs: list[Run]) -> str:
     return "; ".join(f"confounded: {', '.join(k)} vary with {c}" for c, k in by_columns.items())
 
 
+def heads_text(heads: list[Any]) -> str:
+    """``BCE vs CE``; ``BCE, CE and FOCAL`` where a third head ran: a title names every head
+    its figure draws, not two of them."""
+    names = [label("loss", h) for h in heads]
+    if len(names) <= 2:
+        return " vs ".join(names) or "all runs"
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
 def title_text(what: str, shown: Layout | list[Run], width_in: float) -> str:
-    """The figure's title: what it shows, the settings its runs share (held ones with the
-    reason), confounds and a dry run, wrapped to the figure's width."""
+    """The figure's title: what it shows, then only what a reader could not guess: the
+    settings held at a value the report chose (with the reason), confounds and a dry run,
+    wrapped to the figure's width. Settings every run shares are summary.md's "Fixed in every
+    run" line: repeated in each title they buried what the figure shows."""
     runs = shown.runs if isinstance(shown, Layout) else shown
     reasons = shown.reasons if isinstance(shown, Layout) else {}
-    free = {shown.axis, shown.facet} if isinstance(shown, Layout) else set()
-    parts = []
-    for k, v in held(runs, "").items():
-        if k in free:
-            continue
-        parts.append(f"{k}={format_value(v)}" + (f" ({reasons[k]})" if k in reasons else ""))
-    for k, why in reasons.items():  # held settings that are no named axis
-        if k not in axis_names():
-            parts.append(f"{k}={format_value(value(runs[0].record, k))} ({why})")
+    parts = [f"{k}={format_value(value(runs[0].record, k))} ({why})" for k, why in reasons.items()]
     notes = [n for n in (confound_note(runs), dry_run_note(runs)) if n]
     chars = max(40, int(width_in * 13))
     lines = [what, "held: " + " · ".join(parts) if parts else "", *notes]

@@ -6,6 +6,7 @@ predictions. Records of ``python -m xray_loss.eval`` are told apart from trainin
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from xray_loss.metrics import CURVES, OBJECTIVE
 from xray_loss.runtime.record import Status
+from xray_loss.threshold import probability
 
 # what xray_loss.eval records (a checkpoint tested or recalibrated) instead of a training config
 EVALUATION_KEYS = ("ckpt_path", "recalibrate")
@@ -99,20 +101,65 @@ def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return curves
 
 
-def read_predictions(run_dir: Path, suffix: str = "") -> dict[str, np.ndarray] | None:
+class PredictionsError(ValueError):
+    """A test_predictions.csv the report cannot trust; the message names the file and line."""
+
+
+PREDICTION_COLUMNS = ("label", "prob")  # what the report reads of test_predictions.csv
+
+
+def read_predictions(
+    run_dir: Path, suffix: str = "", tested: int | None = None
+) -> dict[str, np.ndarray] | None:
     """labels, probs and (where known) patients of test_predictions<suffix>.csv, in dataset
-    order (suffix ``_epoch010``: the best checkpoint within a 10-epoch budget)."""
+    order (suffix ``_epoch010``: the best checkpoint within a 10-epoch budget).
+
+    Checked as it is read, since the report's intervals and calibration error come from it:
+    the label and prob columns, each label 0 or 1, each prob a number in [0, 1], whole lines,
+    and as many rows as the run tested (``tested``: metrics.json ``test_images``, where
+    recorded). A file that fails is refused in one sentence naming it and the line: a wrong
+    interval is worse than none."""
     path = run_dir / f"test_predictions{suffix}.csv"
     if not path.exists():
         return None
-    with open(path) as f:
-        rows = list(csv.DictReader(f))
-    out = {
-        "labels": np.array([int(r["label"]) for r in rows]),
-        "probs": np.array([float(r["prob"]) for r in rows]),
-    }
-    patients = [r.get("patient") or "" for r in rows]
-    if rows and all(patients):
+    fix = (
+        "restore the file the run wrote, or delete it to report the run without its test "
+        "intervals and calibration."
+    )
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if text and not text.endswith("\n"):  # the test report ends every row with a line end
+        lines = text.count("\n") + 1
+        raise PredictionsError(f"{path} ends inside line {lines}: the file is cut short; {fix}")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [c for c in PREDICTION_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        header = ",".join(reader.fieldnames or []) or "none"
+        raise PredictionsError(
+            f"{path} has no {missing[0]} column (its header: {header}); the report reads "
+            f"{' and '.join(PREDICTION_COLUMNS)}: {fix}"
+        )
+    labels, probs, patients = [], [], []
+    for row in reader:
+        where = f"{path}, line {reader.line_num}"
+        label, prob = row["label"], probability(row["prob"])
+        if label not in ("0", "1"):
+            raise PredictionsError(
+                f"{where}: label {label!r} is not 0 (normal) or 1 (pneumonia): {fix}"
+            )
+        if prob is None:
+            raise PredictionsError(
+                f"{where}: prob {row['prob']!r} is not a number in [0, 1]: {fix}"
+            )
+        labels.append(int(label))
+        probs.append(prob)
+        patients.append(row.get("patient") or "")
+    if tested is not None and len(labels) != tested:
+        raise PredictionsError(
+            f"{path} holds {len(labels)} prediction(s), but metrics.json says the run tested "
+            f"{tested} image(s): the file is cut short or another run's; {fix}"
+        )
+    out = {"labels": np.array(labels, dtype=np.int64), "probs": np.array(probs)}
+    if patients and all(patients):
         out["patients"] = np.array(patients)
     return out
 

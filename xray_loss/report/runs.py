@@ -195,7 +195,7 @@ def load_runs(paths: list[Path]) -> tuple[list[Run], list[tuple[Path, str]]]:
             last = virtual.get("epochs_trained") or math.inf
             kept = {tag: [(e, v) for e, v in c if e <= last] for tag, c in curves.items()}
             run = Run(run_dir, virtual, kept)
-            predictions = read_predictions(run_dir, suffix)
+            predictions = read_predictions(run_dir, suffix, virtual.get("test_images"))
             if predictions is not None:
                 run.labels, run.probs = predictions["labels"], predictions["probs"]
                 run.patients = predictions.get("patients")

@@ -5,5 +5,5 @@ metrics can skip this package.
 continues from), ``checkpointing`` (atomic checkpoints, last/resume/preemption checkpoints),
 ``rundirs`` (run and sweep directories, their locks, TensorBoard URLs), ``sweep`` (Hydra's sweep
 bookkeeping), ``ddp`` (DDP ranks under Hydra, CPU threads), ``slurm`` (requeue and restart
-counts), ``optuna_pruning`` (Optuna's pruning hook).
+counts), ``optuna_search`` (the Optuna sweeper and its pruning hook: the optuna extra).
 """

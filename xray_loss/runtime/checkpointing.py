@@ -72,7 +72,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise RunStopped(
                 f"Could not write the checkpoint {path} ({err.strerror or err}): free space on "
                 f"that disk or make {path.parent} writable; the checkpoints already there are "
-                f"intact, and resume=true continues from the newest."
+                f"intact, and resume=true continues from the newest.",
+                resumable=True,
             ) from None
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
@@ -84,7 +85,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             problem = f"is not a plain xray_loss checkpoint ({type(err).__name__})"
         raise RunStopped(
             f"The checkpoint {path} {problem}: it is damaged or holds pickled code, which is never "
-            f"run. Remove it; resume=true then continues from the newest other checkpoint."
+            f"run. Remove it; resume=true then continues from the newest other checkpoint.",
+            resumable=True,
         ) from None
 
 
@@ -145,7 +147,7 @@ class LastCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.saved_at() != trainer.global_step:  # the end, when off the cadence
-            trainer.save_checkpoint(self.path)
+            trainer.save_checkpoint(self.path, weights_only=False)  # the full state, quietly
 
 
 class ResumeCheckpoint(L.Callback):
@@ -245,7 +247,7 @@ class ResumeCheckpoint(L.Callback):
 
     def _save(self, trainer) -> None:
         tmp = self.path.with_name(f".{self.FILENAME}.tmp")
-        trainer.save_checkpoint(tmp)
+        trainer.save_checkpoint(tmp, weights_only=False)  # the full state, quietly
         if trainer.is_global_zero:
             os.replace(tmp, self.path)
         trainer.strategy.barrier("ResumeCheckpoint")

@@ -25,9 +25,13 @@ from hydra.errors import CompactHydraException
 
 from xray_loss.identity import code_commit
 from xray_loss.runtime.resume import (
+    MixedResume,
     Preempted,
+    Terminated,
     attempt_history,
+    check_continued,
     drop_lost_checkpoints,
+    recording,
     resume_checkpoint,
 )
 from xray_loss.runtime.slurm import slurm_restarts
@@ -44,7 +48,9 @@ class Status(StrEnum):
     INTERRUPTED = "interrupted"  # by SIGINT or SIGTERM
 
 
-# what resume=true continues: killed (still running) or stopped by a signal
+# what resume=true continues: killed (still running) or stopped by a signal; and a run that
+# failed with ``resumable: true`` (a checkpoint that could not be written or read: see
+# ``resumable``)
 RESUMABLE = frozenset({Status.RUNNING, Status.INTERRUPTED})
 # the jobs a sweep reports as failed (and exits non-zero for)
 FAILURES = frozenset({Status.FAILED, Status.DIVERGED})
@@ -55,11 +61,19 @@ STOP_REASONS = ("max_epochs", "max_time", "max_steps", "early_stopping", "should
 STOP_REASONS += ("diverged", "failed", "pruned", "interrupted")  # a run that did not complete
 
 
+def resumable(record: dict[str, Any] | None) -> bool:
+    """Whether ``resume=true`` continues the run of ``record``: it was killed or interrupted,
+    or it failed on a checkpoint it could not write or read (a full disk, a damaged file), the
+    checkpoints before it intact (its error says so, ``resumable: true``)."""
+    status = (record or {}).get("status")
+    return status in RESUMABLE or (status == Status.FAILED and record.get("resumable") is True)
+
+
 # --- how a run can end early: a hierarchy of its own, mapped to a status ---------------------
 class RunStopped(Exception):
     """A run that ended early for a reason its message explains (status ``failed``).
     ``fields``: what the run had established before it stopped, kept in its record (a diverged
-    run's epoch budgets already tested)."""
+    run's epoch budgets already tested; ``resumable=True``: ``resume=true`` continues it)."""
 
     status = Status.FAILED
 
@@ -141,12 +155,15 @@ class RunRecord:
         self.path = Path(run_dir) / "metrics.json"
         self.data: dict[str, Any] = read_record(self.path) or {}
         self.write = write  # False on DDP ranks other than 0: they keep the data, write nothing
+        self.continues: dict[str, Any] | None = None  # the record a resume continues
 
     @property
     def status(self) -> str | None:
         return self.data.get("status")
 
     def update(self, **fields: Any) -> None:
+        if self.continues is not None:  # a resume: the same settings and data, or refused
+            check_continued(self.path.parent, self.continues, fields)
         self.data.update(fields)
         if self.write:
             write_json_atomic(self.path, self.data)
@@ -158,11 +175,35 @@ class RunRecord:
         now = now_iso()
         self.data = {"status": Status.RUNNING, "started": now, "attempt_started": now, **fields}
         self.data.setdefault("commit", code_commit())
+        self.data["machine"] = machine()  # this attempt's (a resume may run elsewhere)
         if self.write:
             write_json_atomic(self.path, self.data)
 
     def finish(self, status: Status, **fields: Any) -> None:
         self.update(status=Status(status), finished=now_iso(), **fields)
+
+
+def machine() -> dict[str, Any]:
+    """Where this attempt trains: enough to tell a results page's hardware from the machine
+    that wrote the page."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor()
+    try:  # Linux names the model here; platform.processor() is often empty
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if "model name" in line), cpu)
+    except OSError:
+        pass
+    return {
+        "host": platform.node(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
 
 
 # --- one run, start to end -------------------------------------------------------------------
@@ -212,7 +253,7 @@ def recorded_run(run_dir: Path, resume: bool, rank: int = 0, **start_fields: Any
         return
     previous = record.data
     resume_from = None
-    if (resume and record.status in RESUMABLE) or (requeued and record.status is not None):
+    if (resume and resumable(previous)) or (requeued and record.status is not None):
         found = resume_checkpoint(Path(run_dir))
         resume_from = str(found) if found else None
     resumes = list(previous.get("resumes", [])) if resume_from else []
@@ -237,9 +278,16 @@ def recorded_run(run_dir: Path, resume: bool, rank: int = 0, **start_fields: Any
         **start_fields,
         **history,
     )
+    record.continues = previous if resume_from else None
     run = Run(record, skip=False, resume_from=resume_from, before=before)
     try:
-        yield run
+        with recording(Path(run_dir)):
+            yield run
+    except MixedResume as err:  # refused before training: the run stays as it was
+        record.data = previous
+        if record.write:
+            write_json_atomic(record.path, previous)
+        raise RunFailed(str(err)) from None
     except (RunStopped, ValueError, FileNotFoundError, CompactHydraException) as err:
         status = err.status if isinstance(err, RunStopped) else Status.FAILED
         fields = err.fields if isinstance(err, RunStopped) else {}
@@ -283,10 +331,11 @@ def recorded_run(run_dir: Path, resume: bool, rank: int = 0, **start_fields: Any
 
 def _signal_of(err: BaseException) -> str | None:
     """``SIGINT`` or ``SIGTERM`` when ``err`` is how a signal ends a run (Ctrl-C, or Lightning's
-    ``sys.exit(1)`` after it; Lightning's ``SIGTERMException``), else None."""
+    ``sys.exit(1)`` after it; Lightning's ``SIGTERMException``, ``Terminated`` outside it), else
+    None."""
     if isinstance(err, KeyboardInterrupt) or isinstance(err.__context__, KeyboardInterrupt):
         return "SIGINT"
-    if type(err).__name__ == "SIGTERMException":
+    if isinstance(err, Terminated) or type(err).__name__ == "SIGTERMException":
         return "SIGTERM"
     return None
 

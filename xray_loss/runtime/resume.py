@@ -8,7 +8,12 @@ makes the continuation exact is in the checkpoints themselves: the data order
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import zipfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +24,51 @@ class Preempted(SystemExit):
     the job is requeued, see ``xray_loss.runtime.checkpointing.ResumeCheckpoint``). Its record stays
     ``running``, so the next attempt or ``resume=true`` continues it; the process exits with the
     message and no traceback."""
+
+
+class Terminated(SystemExit):
+    """SIGTERM where Lightning's own handler is not installed (between a sweep's jobs, while a
+    run sets up its data or builds the decode cache): raised where the signal lands, so that
+    temp files are removed on the way out and the run is recorded ``interrupted`` (exit 143)."""
+
+    def __init__(self) -> None:
+        super().__init__(128 + signal.SIGTERM)
+
+
+_recording: list[Path] = []  # the run recorded now (``recording``): a SIGTERM there is its own
+
+
+@contextmanager
+def recording(run_dir: Path) -> Iterator[None]:
+    """While a run is recorded, SIGTERM ends it (recorded, then reported by the entry point)."""
+    _recording.append(Path(run_dir))
+    try:
+        yield
+    finally:
+        _recording.pop()
+
+
+def stop_on_sigterm(report: Callable[[], None]) -> Callable[[], None]:
+    """Make SIGTERM stop this command as Ctrl-C does, not kill it where it stands: in a run,
+    ``Terminated`` is raised (``record.recorded_run`` records it); outside one (between a
+    sweep's jobs), ``report`` says how to continue, then ``Terminated``. Inside ``fit``,
+    ``validate`` and ``test`` Lightning's handler, which calls this one, stops at the next step:
+    this one leaves it to it. Returns the function that puts the previous handler back."""
+    pid = os.getpid()
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if os.getpid() != pid:  # a forked worker (DataLoader, decoding): ends as by default
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        if signal.getsignal(signal.SIGTERM) is not on_sigterm:
+            return  # Lightning's handler called this one: it raises at the next step
+        if not _recording:
+            report()
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 # what a run can be resumed from, in its directory: the end of the last epoch (ModelCheckpoint's
@@ -43,6 +93,40 @@ def resume_checkpoint(run_dir: Path) -> Path | None:
         if _intact(path):
             return path
     return None
+
+
+def damaged_checkpoints(run_dir: Path) -> list[Path]:
+    """The files ``resume_checkpoint`` passes over: cut short by a kill, or not checkpoints."""
+    found = [p for pattern in RESUMABLE for p in Path(run_dir).glob(pattern) if p.is_file()]
+    return sorted(p for p in found if not _intact(p))
+
+
+# what a resume must find as it was: the settings and the data of the run it continues
+CONTINUED = ("configuration", "splits")
+
+
+class MixedResume(Exception):
+    """``resume=true`` with other settings or data than the run it continues."""
+
+
+def check_continued(run_dir: Path, previous: dict[str, Any], fields: dict[str, Any]) -> None:
+    """Refuse (``MixedResume``) a resume whose ``configuration`` or ``splits`` differ from those
+    of the run it continues: its weights would have been trained on two setups, and the record
+    would name only the second."""
+    for key in CONTINUED:
+        if key not in fields or not isinstance(previous.get(key), dict):
+            continue
+        now = json.loads(json.dumps(fields[key], default=str))  # as metrics.json holds it
+        was = previous[key]
+        for name in sorted(set(was) | set(now)):
+            if was.get(name) != now.get(name):
+                shown = name if key == "configuration" else f"splits.{name}"
+                raise MixedResume(
+                    f"resume=true refused: {shown} is {now.get(name)!r} now but was "
+                    f"{was.get(name)!r} when {run_dir} started, and a run trained on two setups "
+                    f"would be recorded as the second alone; resume with the run's own settings "
+                    f"and data, or start a new run without resume=true."
+                )
 
 
 def drop_lost_checkpoints(start: Path) -> None:

@@ -31,8 +31,8 @@ from filelock import BaseFileLock, FileLock, Timeout
 from omegaconf import DictConfig
 
 from xray_loss.config import run_dirname
-from xray_loss.runtime.record import RESUMABLE, Status, now_iso, read_record, write_json_atomic
-from xray_loss.runtime.resume import resume_checkpoint
+from xray_loss.runtime.record import Status, now_iso, read_record, resumable, write_json_atomic
+from xray_loss.runtime.resume import damaged_checkpoints, resume_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -158,11 +158,12 @@ def unlock_directory(path: Path | None) -> None:
     lock.release()
 
 
-def new_sweep_dir(base: Path, key: str) -> Path:
-    """A directory no other sweep has: ``<time to the microsecond>_<key>``, created atomically."""
+def new_sweep_dir(base: Path, name: str) -> Path:
+    """A directory no other sweep has: ``<time to the microsecond>_<name>`` (``name``: what the
+    sweep varies and its command's key, ``sweep.sweep_name``), created atomically."""
     base.mkdir(parents=True, exist_ok=True)
     while True:
-        path = base / f"{datetime.now():%Y-%m-%d_%H-%M-%S-%f}_{key}"
+        path = base / f"{datetime.now():%Y-%m-%d_%H-%M-%S-%f}_{name}"
         try:
             path.mkdir()
             return path
@@ -194,31 +195,48 @@ def check_resumable(run_dir: Path) -> None:
     """``resume=true`` on a single run: return if ``run_dir`` can be continued; else say why
     (exit 0 when it completed: nothing left to do)."""
     record = read_record(run_dir)
-    if record is None:
-        raise CannotResume(
-            f"resume=true: {run_dir} holds no metrics.json (the run never started), so there is "
-            f"nothing to continue; start it without resume=true."
-        )
-    status = record.get("status")
-    if status == Status.COMPLETED:
+    if record is not None and record.get("status") == Status.COMPLETED:
         print(
             f"resume=true: {run_dir} completed ({record.get('finished', '?')}); nothing to "
             f"resume. Its results are in {run_dir / 'metrics.json'}.",
             flush=True,
         )
         sys.exit(0)
-    if status not in RESUMABLE:
-        raise CannotResume(
-            f"resume=true: the latest run, {run_dir}, ended {status}: "
+    refusal = cannot_resume(run_dir)
+    if refusal:
+        raise CannotResume(refusal)
+
+
+def cannot_resume(run_dir: Path) -> str | None:
+    """Why ``resume=true`` cannot continue ``run_dir`` (each reason ends with the command that
+    works instead), or None if it can."""
+    record = read_record(run_dir)
+    if record is None:
+        return (
+            f"resume=true: {run_dir} holds no metrics.json (the run never started), so there is "
+            f"nothing to continue; start it without resume=true."
+        )
+    if not resumable(record):
+        return (
+            f"resume=true: the latest run, {run_dir}, ended {record.get('status')}: "
             f"{record.get('error') or 'see its metrics.json'}. Only interrupted runs continue; "
             f"start it again without resume=true."
         )
-    if resume_checkpoint(run_dir) is None:
-        raise CannotResume(
-            f"resume=true: {run_dir} was interrupted before its first checkpoint (none in "
-            f"{run_dir / 'checkpoints'}), so there is nothing to continue from; start it again "
-            f"without resume=true (checkpoint_every_n_steps=N checkpoints within epochs)."
+    if resume_checkpoint(run_dir) is not None:
+        return None
+    damaged = damaged_checkpoints(run_dir)
+    if damaged:
+        names = ", ".join(str(p) for p in damaged)
+        return (
+            f"resume=true: {names} is damaged (cut short or not a checkpoint) and {run_dir} "
+            f"holds no other checkpoint, so there is nothing to continue from; start it again "
+            f"without resume=true."
         )
+    return (
+        f"resume=true: {run_dir} was interrupted before its first checkpoint (none in "
+        f"{run_dir / 'checkpoints'}), so there is nothing to continue from; start it again "
+        f"without resume=true (checkpoint_every_n_steps=N checkpoints within epochs)."
+    )
 
 
 # --- names: a sweep job, TensorBoard's runs ----------------------------------------------------
@@ -275,11 +293,13 @@ def tensorboard_url(logdir: Path, port: int | str, host: str = "127.0.0.1") -> s
 if __name__ == "__main__":
     if len(sys.argv) != 4 or sys.argv[1] != "URL":
         sys.exit("usage: python -m xray_loss.runtime.rundirs URL <logdir> <port>")
-    _runs = tensorboard_runs(Path(sys.argv[2])) if Path(sys.argv[2]).is_dir() else []
+    _logdir = Path(sys.argv[2])
+    _runs = tensorboard_runs(_logdir) if _logdir.is_dir() else []
     if not _runs:  # an empty board would look like a TensorBoard problem
+        _what = "holds no TensorBoard runs" if _logdir.is_dir() else "does not exist"
         sys.exit(
             f"make tensorboard: SWEEP={sys.argv[2]} "
-            f"{'holds no TensorBoard runs' if Path(sys.argv[2]).is_dir() else 'does not exist'}: "
+            f"{'is a file, not a folder' if _logdir.is_file() else _what}: "
             f"give a run or sweep directory, e.g. SWEEP=logs/full_grid/multirun/<sweep>."
         )
     print(

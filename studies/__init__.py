@@ -1,0 +1,1 @@
+"""Studies built on the template, each beside its results: studies/<name>/."""
