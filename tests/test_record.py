@@ -9,7 +9,8 @@ import stat
 
 import pytest
 
-from xray_loss.runtime.record import RunRecord, write_json_atomic
+from xray_loss.atomic import write_json_atomic
+from xray_loss.runtime.record import RunRecord
 
 
 @pytest.mark.parametrize("umask", [0o022, 0o027])

@@ -19,8 +19,9 @@ from tensorboard.plugins.hparams import api_pb2
 from torch.utils.tensorboard.writer import FileWriter
 
 from tests.conftest import assert_ok, hparams_data, run_cli
+from xray_loss.config import job_dirname
 from xray_loss.dashboard import EXPERIMENT_SUFFIX, sweep_axes, write_experiment, write_session
-from xray_loss.runtime.rundirs import job_dirname, tensorboard_runs, tensorboard_url
+from xray_loss.runtime.rundirs import tensorboard_runs, tensorboard_url
 from xray_loss.runtime.sweep import held_keys
 
 FLOAT = api_pb2.DataType.DATA_TYPE_FLOAT64

@@ -36,6 +36,15 @@ def run_dirname(overrides: Sequence[str], prefix: str = "", fallback: str = "") 
     return f"{prefix}{name}" if name else fallback
 
 
+def job_dirname(overrides: list[str], held: list[str], fallback: str) -> str:
+    """A sweep job's directory (and TensorBoard run) name: its overrides without the ``held``
+    keys, those that take one value in the whole sweep (``hydra.job.config.override_dirname.
+    exclude_keys``, set by ``SweepBookkeeping``), e.g. ``loss=ce,lr=0.001,seed=1``."""
+    held = set(held or ())
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in held]
+    return run_dirname(kept, "", fallback)
+
+
 def quote_path_overrides(argv: list[str], keys: Sequence[str]) -> list[str]:
     """Quote path values for Hydra's override parser.
 
@@ -105,7 +114,6 @@ def setup_process() -> None:
 
 def register_resolvers() -> None:
     """Register the ``xray_loss.*`` resolvers (idempotent)."""
-    from xray_loss.runtime.rundirs import job_dirname
     from xray_loss.runtime.slurm import slurm_gpus
 
     resolvers: dict[str, Callable[..., Any]] = {

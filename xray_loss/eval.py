@@ -34,6 +34,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from xray_loss.atomic import write_json_atomic
 from xray_loss.callbacks import TestReport
 from xray_loss.config import ConfigError, quote_path_overrides, setup_process
 from xray_loss.data.kermany_layout import read_labeled_folder
@@ -41,7 +42,7 @@ from xray_loss.data.splits import split_difference
 from xray_loss.inference import bound, load_classifier, run_config
 from xray_loss.inference import operating_point as applied_operating_point
 from xray_loss.metrics import binary_metrics
-from xray_loss.runtime.record import RunRecord, Status, write_json_atomic
+from xray_loss.runtime.record import RunRecord, Status
 from xray_loss.threshold import SOURCES, describe, operating_point, parse_rule, sidecar_path
 
 log = logging.getLogger("xray_loss.eval")

@@ -37,9 +37,8 @@ log = logging.getLogger("xray_loss.train")
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit, then test the best checkpoint; returns the run record written to metrics.json."""
-    run_dir = Path(cfg.paths.output_dir)
-    overrides = list(HydraConfig.get().overrides.task)
-    with recorded_run(run_dir, cfg.resume, global_rank(), overrides=overrides) as run:
+    run_dir, task = Path(cfg.paths.output_dir), list(HydraConfig.get().overrides.task)
+    with recorded_run(run_dir, cfg.resume, global_rank(), write_session, overrides=task) as run:
         if run.skip:  # resume=true and this run already completed
             return run.record.data
         check_config(cfg)

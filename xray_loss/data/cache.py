@@ -3,7 +3,7 @@ runs, and every job of a sweep, memory-map.
 
 The store's name is a hash of the file list (paths, sizes, mtimes), the image size and the
 resize mode: a changed, added or removed file gives a new key. It is written to a temp file and
-renamed into place (``xray_loss.runtime.record.atomic_path``), so a killed build never leaves a
+renamed into place (``xray_loss.atomic.atomic_path``), so a killed build never leaves a
 half-written store behind under a real name; its blocks are reserved before a pixel is written,
 so a full disk is one sentence naming the directory and the bytes needed, never a ``Bus error``.
 A content digest of the images, taken when the store is built, is checked whenever it is
@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+from xray_loss.atomic import atomic_path
 from xray_loss.data.images import clean_reason, decode_all
 from xray_loss.data.splits import DataError
-from xray_loss.runtime.record import atomic_path
 
 log = logging.getLogger(__name__)
 

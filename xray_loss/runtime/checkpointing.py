@@ -26,7 +26,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import move_data_to_device
 from torchmetrics import Metric
 
-from xray_loss.runtime.record import RunStopped, atomic_path
+from xray_loss.atomic import atomic_path
+from xray_loss.runtime.record import RunStopped
 from xray_loss.runtime.resume import Preempted
 from xray_loss.runtime.slurm import job_id, requeue_slurm_job
 

@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -23,6 +23,7 @@ from typing import Any
 
 from hydra.errors import CompactHydraException
 
+from xray_loss.atomic import write_json_atomic
 from xray_loss.identity import code_commit
 from xray_loss.runtime.resume import (
     MixedResume,
@@ -109,30 +110,6 @@ def _is_trial_pruned(err: BaseException) -> bool:
 
 
 # --- writing ---------------------------------------------------------------------------------
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temp path beside ``path`` to write to; renamed over ``path`` when the block succeeds,
-    removed when it fails. Readers see the old file or the new one, never half of one.
-
-    The temp file is an ordinary file (mode 0666 minus the umask, like every other output).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """JSON to ``path`` through :func:`atomic_path` (an ordinary 0644 file under umask 022)."""
-    with atomic_path(path) as tmp, open(tmp, "x") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.write("\n")
-
-
 def read_record(path: Path) -> dict[str, Any] | None:
     """The record at ``path`` (a metrics.json or its run directory), or None if absent/corrupt."""
     path = Path(path)
@@ -227,7 +204,13 @@ class Run:
 
 
 @contextmanager
-def recorded_run(run_dir: Path, resume: bool, rank: int = 0, **start_fields: Any) -> Iterator[Run]:
+def recorded_run(
+    run_dir: Path,
+    resume: bool,
+    rank: int = 0,
+    ended: Callable[[Path, dict[str, Any]], None] | None = None,
+    **start_fields: Any,
+) -> Iterator[Run]:
     """Start the run's record, yield it, and map how the block ended to the record's status.
 
     ``resume=true``: a run already ``completed`` is skipped (``run.skip``), a ``running`` one
@@ -245,6 +228,9 @@ def recorded_run(run_dir: Path, resume: bool, rank: int = 0, **start_fields: Any
     - SIGTERM or Ctrl-C: ``interrupted`` (resumable), the ``resume=true`` command printed, exit
       143 or 130; preempted (``Preempted``): ``running`` with an ``interrupted`` note;
     - anything else: ``failed`` with the exception's type and message, and its traceback.
+
+    ``ended(run_dir, record)`` is called on a run that ends early (the dashboard's HParams row,
+    so that it keeps its row with its status); its own failure never hides the run's error.
     """
     record = RunRecord(run_dir, write=rank == 0)
     requeued = slurm_restarts() > 0
@@ -294,7 +280,7 @@ def recorded_run(run_dir: Path, resume: bool, rank: int = 0, **start_fields: Any
         record.finish(
             status, error=str(err), stopped_by=status, wall_time_s=run.elapsed(), **fields
         )
-        _dashboard_row(run_dir, record)
+        _ended(ended, run_dir, record)
         if isinstance(err, CompactHydraException):
             raise
         raise RunFailed(str(err)) from None
@@ -317,7 +303,7 @@ def recorded_run(run_dir: Path, resume: bool, rank: int = 0, **start_fields: Any
             record.finish(
                 Status.PRUNED, error=str(err), stopped_by="pruned", wall_time_s=run.elapsed()
             )
-            _dashboard_row(run_dir, record)
+            _ended(ended, run_dir, record)
             return
         record.finish(
             Status.FAILED,
@@ -325,7 +311,7 @@ def recorded_run(run_dir: Path, resume: bool, rank: int = 0, **start_fields: Any
             stopped_by="failed",
             wall_time_s=run.elapsed(),
         )
-        _dashboard_row(run_dir, record)
+        _ended(ended, run_dir, record)
         raise
 
 
@@ -340,14 +326,10 @@ def _signal_of(err: BaseException) -> str | None:
     return None
 
 
-def _dashboard_row(run_dir: Path, record: RunRecord) -> None:
-    """A run that ended early keeps its row in TensorBoard's HParams table, with its status;
-    writing it never hides the error that ended the run."""
-    if not record.write or "config" not in record.data:
+def _ended(ended, run_dir: Path, record: RunRecord) -> None:
+    if ended is None or not record.write or "config" not in record.data:
         return
     try:
-        from xray_loss.dashboard import write_session  # a heavy import, needed here only
-
-        write_session(Path(run_dir), record.data)
+        ended(Path(run_dir), record.data)
     except Exception as err:  # noqa: BLE001 - the run's own error matters more
         logging.getLogger(__name__).warning("no HParams row for %s: %s", run_dir, err)

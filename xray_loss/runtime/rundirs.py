@@ -30,8 +30,9 @@ from urllib.parse import quote
 from filelock import BaseFileLock, FileLock, Timeout
 from omegaconf import DictConfig
 
+from xray_loss.atomic import write_json_atomic
 from xray_loss.config import run_dirname
-from xray_loss.runtime.record import Status, now_iso, read_record, resumable, write_json_atomic
+from xray_loss.runtime.record import Status, now_iso, read_record, resumable
 from xray_loss.runtime.resume import damaged_checkpoints, resume_checkpoint
 
 log = logging.getLogger(__name__)
@@ -240,15 +241,6 @@ def cannot_resume(run_dir: Path) -> str | None:
 
 
 # --- names: a sweep job, TensorBoard's runs ----------------------------------------------------
-def job_dirname(overrides: list[str], held: list[str], fallback: str) -> str:
-    """A sweep job's directory (and TensorBoard run) name: its overrides without the ``held``
-    keys, those that take one value in the whole sweep (``hydra.job.config.override_dirname.
-    exclude_keys``, set by ``SweepBookkeeping``), e.g. ``loss=ce,lr=0.001,seed=1``."""
-    held = set(held or ())
-    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in held]
-    return run_dirname(kept, "", fallback)
-
-
 def tensorboard_runs(logdir: Path) -> list[str]:
     """The runs TensorBoard lists for ``logdir``: every directory holding an events file,
     named by its path relative to ``logdir`` (``.`` for ``logdir`` itself)."""

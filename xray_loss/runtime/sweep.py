@@ -53,6 +53,7 @@ from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
+from xray_loss.atomic import atomic_path
 from xray_loss.checks import check_config, check_values
 from xray_loss.config import ConfigError, setup_process
 from xray_loss.dashboard import sweep_axes, write_experiment
@@ -65,7 +66,6 @@ from xray_loss.runtime.record import (
     Interrupted,
     RunFailed,
     Status,
-    atomic_path,
     read_record,
 )
 from xray_loss.runtime.resume import stop_on_sigterm
