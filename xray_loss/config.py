@@ -10,15 +10,15 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from hydra.errors import CompactHydraException
 from omegaconf import OmegaConf
 
+from xray_loss.errors import UserError
 from xray_loss.identity import named_overrides
 
 _MAX_NAME = 120
 
 
-class ConfigError(CompactHydraException):
+class ConfigError(UserError):
     """An invalid config value; the message names the key and the allowed values."""
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_roc
 
+from xray_loss.errors import UserError
 from xray_loss.metrics import youden_threshold
 
 SOURCES = ("carveout", "folder", "auto")
@@ -44,7 +45,7 @@ FEW = 20  # fewer images of a class than this: the threshold is a guess, say so
 _TARGET = re.compile(r"^(sens|spec)@(0(\.\d+)?|1(\.0+)?)$")
 
 
-class RuleError(ValueError):
+class RuleError(UserError, ValueError):
     """A threshold rule that is not one of the documented forms."""
 
 

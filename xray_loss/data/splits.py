@@ -19,8 +19,10 @@ from typing import Any
 
 import torch
 
+from xray_loss.errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError, ValueError):
     """Bad data or data options; the message says what was found and what is expected."""
 
 

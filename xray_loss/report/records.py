@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from xray_loss.errors import UserError
 from xray_loss.metrics import CURVES, OBJECTIVE
 from xray_loss.runtime.record import Status
 from xray_loss.threshold import probability
@@ -101,7 +102,7 @@ def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     return curves
 
 
-class PredictionsError(ValueError):
+class PredictionsError(UserError, ValueError):
     """A test_predictions.csv the report cannot trust; the message names the file and line."""
 
 

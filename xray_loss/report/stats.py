@@ -30,6 +30,7 @@ from scipy.stats import t as student_t
 from scipy.stats import ttest_1samp
 from torchmetrics.functional.classification import binary_auroc
 
+from xray_loss.errors import UserError
 from xray_loss.metrics import metric_names
 from xray_loss.report.records import completed_records, time_stopped
 from xray_loss.report.runs import Run, configurations, confounds, value
@@ -217,7 +218,7 @@ def summary_rows(runs: list[Run], n_boot: int = 1000) -> tuple[list[str], list[d
 
 
 # --- paired differences over seeds ----------------------------------------------------------
-class StatsError(ValueError):
+class StatsError(UserError, ValueError):
     """Numbers a statistic cannot honestly be computed from; the message names them."""
 
 

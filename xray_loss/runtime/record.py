@@ -222,8 +222,8 @@ def recorded_run(
     - the block returns: the caller finished it (``run.finish``);
     - ``TrainingDiverged`` / ``RunStopped``: status ``diverged`` / ``failed``, then one line on
       the command line (``RunFailed``), no traceback;
-    - an explained error (bad config or data: ``ValueError``, ``FileNotFoundError``,
-      ``CompactHydraException``): ``failed``, one line;
+    - one of the project's own errors (``xray_loss.errors.UserError``: bad config, data, files)
+      or Hydra's ``CompactHydraException``: ``failed``, one line; any other error is a bug (below);
     - an Optuna prune: ``pruned``, and the block's end is not an error;
     - SIGTERM or Ctrl-C: ``interrupted`` (resumable), the ``resume=true`` command printed, exit
       143 or 130; preempted (``Preempted``): ``running`` with an ``interrupted`` note;
@@ -274,7 +274,7 @@ def recorded_run(
         if record.write:
             write_json_atomic(record.path, previous)
         raise RunFailed(str(err)) from None
-    except (RunStopped, ValueError, FileNotFoundError, CompactHydraException) as err:
+    except (RunStopped, CompactHydraException) as err:  # the project's own (xray_loss.errors)
         status = err.status if isinstance(err, RunStopped) else Status.FAILED
         fields = err.fields if isinstance(err, RunStopped) else {}
         record.finish(
