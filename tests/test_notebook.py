@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -34,6 +35,7 @@ def test_the_committed_notebook_has_fresh_outputs():
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 3  # the figures
     assert sum("text/markdown" in o.get("data", {}) for o in outputs) >= 2  # the tables
     assert NOTEBOOK.stat().st_size < 512 * 1024
+    assert "shown: " in "".join(o.get("text", "") for o in _code_cells(notebook)[0].outputs)
 
 
 def test_the_notebook_runs_and_reproduces_its_exact_outputs(tmp_path, monkeypatch, study_sweep):
@@ -57,4 +59,27 @@ def test_the_notebook_runs_and_reproduces_its_exact_outputs(tmp_path, monkeypatc
     assert (tmp_path / "notebook_logs" / "report" / "summary.md").exists()
     (report_cell,) = [c for c in _code_cells(executed) if "make_report(" in c.source]
     shown = [o["data"].get("text/markdown", "") for o in report_cell.outputs if "data" in o]
-    assert "**fig2_epochs**" in shown and "**fig1_loss_compare**" in shown
+    for name in ("fig1_loss_compare", "fig2_epochs", "fig1_difference", "fig3_forest"):
+        assert f"**{name}**" in shown
+    # the split the runs saw: each split's size as the sweep's records give it
+    record = json.loads(next(study_sweep.glob("*/metrics.json")).read_text())
+    (data_cell,) = [c for c in _code_cells(executed) if "def split_rows" in c.source]
+    table = data_cell.outputs[0]["data"]["text/markdown"]
+    for name, split in record["splits"].items():
+        assert f"| {name} | {split['n']} |" in table
+    said = data_cell.outputs[1]["data"]["text/markdown"]
+    assert f"{len(glob_records(study_sweep))} of {len(glob_records(study_sweep))} records" in said
+    # every CE - BCE judgement is read off the interval shown beside it
+    (say_cell,) = [c for c in _code_cells(executed) if "def verdict" in c.source]
+    verdicts = say_cell.outputs[0]["data"]["text/markdown"]
+    for line in verdicts.splitlines():
+        if line.count("[") != 1 or " | " not in line:
+            continue
+        low, high = (float(v) for v in line.split("[")[1].split("]")[0].split(","))
+        assert ("includes 0" in line) == (low <= 0 <= high), line
+
+
+def glob_records(sweep: Path) -> list[Path]:
+    """The completed runs' records of a sweep."""
+    found = [p for p in sweep.glob("*/metrics.json") if '"completed"' in p.read_text()]
+    return found
