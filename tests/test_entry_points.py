@@ -77,7 +77,9 @@ def test_in_process_runs_are_the_command_line(trained, tmp_path):
     assert _same(here.stderr, tmp_path) == _same(proc.stderr, work)
     (a,), (b,) = run_dirs(tmp_path / "logs" / "train"), run_dirs(work / "logs" / "train")
     assert metrics(a)["test"] == metrics(b)["test"] and metrics(a)["val"] == metrics(b)["val"]
-    assert _same((a / "train.log").read_text()) == _same((b / "train.log").read_text())
+    assert _same((a / "train.log").read_text(), tmp_path) == _same(
+        (b / "train.log").read_text(), work
+    )
 
 
 @pytest.mark.parametrize(
