@@ -48,7 +48,7 @@ def test_identical_sweeps_started_at_once_keep_apart_and_a_second_writer_stops(w
             # one writer: TensorBoard files of one process (the sweep's experiment, written by
             # the sweep into its first job, included), no -v1 checkpoints
             writers = {
-                re.search(r"\.(\d+)\.\d+(\.experiment)?$", p.name).group(1)
+                re.search(r"\.(\d+)\.\d+(\.experiment|\.session)?$", p.name).group(1)
                 for p in run.glob("events.out.tfevents.*")
             }
             assert len(writers) == 1, sorted(p.name for p in run.glob("events.out.tfevents.*"))
