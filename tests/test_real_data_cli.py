@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import shutil
 
 import pytest
@@ -39,7 +40,9 @@ def test_kermany_run_logs_splits_writes_csv_and_hits_the_cache_next_time(workdir
     assert metrics(run)["status"] == "completed"
     with open(run / "split.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 62 and set(rows[0]) == {"file", "label", "patient", "split", "note"}
+    assert len(rows) == 62 and set(rows[0]) == {"file", "label", "patient", "split", "note", "sha1"}
+    # each row names its file's content: the manifest a results page keeps
+    assert all(hashlib.sha1((root / r["file"]).read_bytes()).hexdigest() == r["sha1"] for r in rows)
     splits_of = {}
     for r in rows:
         splits_of.setdefault(r["patient"], set()).add(r["split"])
