@@ -91,30 +91,39 @@ def test_the_documented_short_threshold_takes_a_source_beside_it(argv):
     assert spell_out_threshold(["threshold=youden"]) == ["threshold=youden"]  # run names kept
 
 
-def _predict_cfg(*overrides: str):
+def _entry_cfg(entry: str, *overrides: str):
+    needs = {"predict": ["inputs=/no/such"], "eval": []}[entry]
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return compose(
-            config_name="predict",
-            overrides=["ckpt_path=/no/such.ckpt", "inputs=/no/such", *overrides],
+            config_name=entry,
+            overrides=["ckpt_path=/no/such.ckpt", *needs, *overrides],
             return_hydra_config=True,
         )
 
 
+ENTRY_VALUES = [
+    ("batch_size=0", "batch_size=0: batch_size must be an integer >= 1"),
+    ("batch_size=abc", "batch_size='abc': batch_size must be an integer >= 1"),
+    ("accelerator=gpu", "accelerator='gpu': accelerator must be auto, cpu or gpu"),
+    ("accelerator=tpu", "accelerator='tpu': accelerator must be auto, cpu or gpu"),
+]
+
+
 @pytest.mark.parametrize(
-    ("override", "said"),
-    [
-        ("batch_size=0", "batch_size=0: batch_size must be an integer >= 1"),
-        ("batch_size=abc", "batch_size='abc': batch_size must be an integer >= 1"),
-        ("accelerator=gpu", "accelerator='gpu': accelerator must be auto, cpu or gpu"),
-        ("accelerator=tpu", "accelerator='tpu': accelerator must be auto, cpu or gpu"),
-        ("cam=maybe", "cam='maybe': cam must be true or false"),
-    ],
+    ("entry", "override", "said"),
+    [("predict", o, s) for o, s in ENTRY_VALUES]
+    + [("predict", "cam=maybe", "cam='maybe': cam must be true or false")]
+    + [("eval", o, s) for o, s in ENTRY_VALUES]
+    + [("eval", "seed=-1", "seed=-1: seed must be an integer >= 0")],
 )
-def test_predict_checks_its_values_before_loading_the_checkpoint(override, said, no_gpu):
+def test_predict_and_eval_check_their_values_before_loading_the_checkpoint(
+    entry, override, said, no_gpu
+):
+    from xray_loss.eval import evaluate
     from xray_loss.predict import predict
 
     with pytest.raises(ConfigError) as err:
-        predict(_predict_cfg(override))
+        {"predict": predict, "eval": evaluate}[entry](_entry_cfg(entry, override))
     assert said in str(err.value) and "\n" not in str(err.value)
 
 
@@ -162,3 +171,21 @@ def test_per_step_checkpoints_save_without_lightnings_weights_only_line(workdir)
     proc = run_cli("debug=tiny", "epochs=1", "threads=1", "checkpoint_every_n_steps=1", cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "weights_only" not in proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("module", "args"),
+    [
+        ("xray_loss.eval", ["ckpt_path=/no/such.ckpt", "batch_size=0"]),
+        ("xray_loss.predict", ["ckpt_path=/no/such.ckpt", "inputs=/no/such", "cam=maybe"]),
+    ],
+)
+def test_eval_and_predict_refuse_a_value_in_one_line_before_making_a_folder(tmp_path, module, args):
+    from tests.conftest import run_cli
+
+    proc = run_cli(*args, module=module, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert (
+        proc.stderr.strip().startswith("Error: Invalid value ") and "Traceback" not in proc.stderr
+    )
+    assert "HYDRA_FULL_ERROR" not in proc.stderr and not (tmp_path / "logs").exists()

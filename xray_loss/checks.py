@@ -214,6 +214,22 @@ def check_values(cfg: DictConfig, keys: Sequence[str] = tuple(_RULES)) -> None:
             raise ConfigError(f"Invalid value {key}={shown}: {key} must be {allowed}.")
 
 
+# the values eval and predict take from the command line, checked before a checkpoint is read
+ENTRY_VALUES: dict[str, tuple[str, ...]] = {
+    "eval": ("batch_size", "accelerator", "seed"),
+    "predict": ("batch_size", "accelerator", "cam"),
+}
+
+
+def check_entry(cfg: DictConfig, entry: str) -> None:
+    """Raise ``ConfigError`` on the first invalid value an entry point (train, eval, predict)
+    reads, before anything is loaded or a folder is made."""
+    if entry == "train":
+        check_config(cfg)
+    else:
+        check_values(cfg, ENTRY_VALUES[entry])
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise ``ConfigError`` on the first invalid user value, naming key and allowed range."""
     check_values(cfg)

@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from xray_loss.atomic import write_json_atomic
 from xray_loss.callbacks import TestReport
+from xray_loss.checks import check_entry
 from xray_loss.config import ConfigError, quote_path_overrides, setup_process
 from xray_loss.data.kermany_layout import read_labeled_folder
 from xray_loss.data.splits import split_difference
@@ -103,6 +104,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             f"ckpt_path is not set: give the checkpoint of a training run to test, e.g. {EXAMPLE} "
             f"(add data=... to test on other data)."
         )
+    check_entry(cfg, "eval")
     out = Path(cfg.paths.output_dir)
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"Invalid value split={cfg.split!r}: split must be test or val.")

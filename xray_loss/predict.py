@@ -25,7 +25,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from xray_loss.checks import check_threshold, check_values
+from xray_loss.checks import check_entry, check_threshold
 from xray_loss.config import ConfigError, quote_path_overrides, setup_process
 from xray_loss.data.images import ImageDecodeError, decode, display_path
 from xray_loss.gradcam import grad_cam
@@ -140,7 +140,7 @@ def no_image_message(inputs: str, skipped: dict[Path, str], csv_path: Path) -> s
 
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     require(cfg, ("ckpt_path", "inputs"), EXAMPLE)
-    check_values(cfg, ("batch_size", "accelerator", "cam"))
+    check_entry(cfg, "predict")
     out = Path(cfg.paths.output_dir)
     model = load_classifier(cfg.ckpt_path)
     threshold, origin = choose_threshold(cfg.threshold, model, cfg.ckpt_path)

@@ -54,7 +54,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, open_dict, read_write
 
 from xray_loss.atomic import atomic_path
-from xray_loss.checks import check_config, check_values
+from xray_loss.checks import ENTRY_VALUES, check_entry, check_values
 from xray_loss.config import ConfigError, setup_process
 from xray_loss.dashboard import sweep_axes, write_experiment
 from xray_loss.data.splits import DataError
@@ -252,8 +252,8 @@ class SweepBookkeeping(Callback):
         if "LOCAL_RANK" in os.environ or global_rank() > 0:
             return  # a DDP rank of a run: rank 0 holds its directory
         HydraConfig.instance().set_config(config)  # for ${hydra:...} in the directory's name
-        if config.hydra.job.name == "train":  # before Hydra makes the run's directory
-            _refuse_early(config, check_config)
+        if config.hydra.job.name in ("train", *ENTRY_VALUES):  # before Hydra makes the run's folder
+            _refuse_early(config, lambda cfg: check_entry(cfg, config.hydra.job.name))
         check_writable(Path(config.paths.log_dir))
         chosen = any(o.startswith("hydra.run.dir=") for o in config.hydra.overrides.hydra)
         resume = bool(config.get("resume"))
