@@ -55,11 +55,12 @@ def signal_at(signal: str, **when: int) -> list[str]:
     ]
 
 
-def sigterm_between_sweep_jobs(workdir: Path) -> None:
+def sigterm_between_sweep_jobs(workdir: Path, signal: str = "SIGTERM") -> None:
     hook = "+hydra.callbacks.stop._target_=signal_hooks.SignalAfterFirstJob"
-    args = ["-m", *TINY, "epochs=1", "lr=1e-3,2e-3", hook]
+    args = ["-m", *TINY, "epochs=1", "lr=1e-3,2e-3", hook, f"+hydra.callbacks.stop.signal={signal}"]
     first = stop(*args, cwd=workdir)
-    assert first.returncode == 143, first.stderr[-3000:]
+    assert first.returncode == {"SIGTERM": 143, "SIGINT": 130}[signal], first.stderr[-3000:]
+    assert f"Interrupted by {signal}: the sweep stopped with 1 of 1" in first.stderr
     (sweep,) = sweep_dirs(workdir)
     assert [(r["job"], r["status"]) for r in sweep_summary(sweep)] == [("lr=0.001", "completed")]
     finished = metrics(sweep / "lr=0.001")["finished"]
@@ -68,6 +69,10 @@ def sigterm_between_sweep_jobs(workdir: Path) -> None:
     statuses = {r["job"]: r["status"] for r in sweep_summary(sweep)}
     assert statuses == {"lr=0.001": "completed", "lr=0.002": "completed"}
     assert metrics(sweep / "lr=0.001")["finished"] == finished  # kept, not trained again
+
+
+def ctrl_c_between_sweep_jobs(workdir: Path) -> None:
+    sigterm_between_sweep_jobs(workdir, "SIGINT")
 
 
 def sigterm_while_the_cache_is_built(workdir: Path) -> None:
@@ -160,6 +165,7 @@ def resume_with_another_data_root(workdir: Path) -> None:
 
 CASES = [
     sigterm_between_sweep_jobs,
+    ctrl_c_between_sweep_jobs,
     sigterm_while_the_cache_is_built,
     ctrl_c_before_the_first_checkpoint,
     a_full_disk,

@@ -321,7 +321,9 @@ def _signal_of(err: BaseException) -> str | None:
     None."""
     if isinstance(err, KeyboardInterrupt) or isinstance(err.__context__, KeyboardInterrupt):
         return "SIGINT"
-    if isinstance(err, Terminated) or type(err).__name__ == "SIGTERMException":
+    if isinstance(err, Terminated):
+        return err.signal_name
+    if type(err).__name__ == "SIGTERMException":
         return "SIGTERM"
     return None
 

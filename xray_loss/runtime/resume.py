@@ -28,11 +28,13 @@ class Preempted(SystemExit):
 
 class Terminated(SystemExit):
     """SIGTERM where Lightning's own handler is not installed (between a sweep's jobs, while a
-    run sets up its data or builds the decode cache): raised where the signal lands, so that
-    temp files are removed on the way out and the run is recorded ``interrupted`` (exit 143)."""
+    run sets up its data or builds the decode cache), or Ctrl-C between a sweep's jobs: raised
+    where the signal lands, so that temp files are removed on the way out and the run is
+    recorded ``interrupted`` (exit 128 + the signal's number: 143, 130)."""
 
-    def __init__(self) -> None:
-        super().__init__(128 + signal.SIGTERM)
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(128 + signum)
+        self.signal_name = signal.Signals(signum).name
 
 
 _recording: list[Path] = []  # the run recorded now (``recording``): a SIGTERM there is its own
@@ -48,27 +50,35 @@ def recording(run_dir: Path) -> Iterator[None]:
         _recording.pop()
 
 
-def stop_on_sigterm(report: Callable[[], None]) -> Callable[[], None]:
-    """Make SIGTERM stop this command as Ctrl-C does, not kill it where it stands: in a run,
-    ``Terminated`` is raised (``record.recorded_run`` records it); outside one (between a
-    sweep's jobs), ``report`` says how to continue, then ``Terminated``. Inside ``fit``,
-    ``validate`` and ``test`` Lightning's handler, which calls this one, stops at the next step:
-    this one leaves it to it. Returns the function that puts the previous handler back."""
+def stop_on_signals(report: Callable[[str], None]) -> Callable[[], None]:
+    """Make SIGTERM stop this command as Ctrl-C does, not kill it where it stands, and Ctrl-C
+    between a sweep's jobs end as cleanly as inside one. In a run, SIGTERM raises
+    ``Terminated`` and Ctrl-C ``KeyboardInterrupt`` (``record.recorded_run`` records either);
+    outside one, ``report(signal name)`` says how to continue, then ``Terminated``. Inside
+    ``fit``, ``validate`` and ``test`` Lightning's SIGTERM handler, which calls this one, stops
+    at the next step: this one leaves it to it. Returns what puts the previous handlers back."""
     pid = os.getpid()
 
-    def on_sigterm(signum: int, frame: Any) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
         if os.getpid() != pid:  # a forked worker (DataLoader, decoding): ends as by default
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            os.kill(os.getpid(), signal.SIGTERM)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
             return
-        if signal.getsignal(signal.SIGTERM) is not on_sigterm:
+        if signal.getsignal(signum) is not on_signal:
             return  # Lightning's handler called this one: it raises at the next step
+        if signum == signal.SIGINT and _recording:
+            raise KeyboardInterrupt  # as by default: Lightning and the run's record handle it
         if not _recording:
-            report()
-        raise Terminated()
+            report(signal.Signals(signum).name)
+        raise Terminated(signum)
 
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+    return restore
 
 
 # what a run can be resumed from, in its directory: the end of the last epoch (ModelCheckpoint's

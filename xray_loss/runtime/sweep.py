@@ -68,7 +68,7 @@ from xray_loss.runtime.record import (
     Status,
     read_record,
 )
-from xray_loss.runtime.resume import stop_on_sigterm
+from xray_loss.runtime.resume import stop_on_signals
 from xray_loss.runtime.rundirs import (
     cannot_resume,
     check_resumable,
@@ -233,13 +233,13 @@ class SweepBookkeeping(Callback):
     _axes: dict[str, list] | None = None
     _jobs: int | None = None  # how many jobs the sweep runs, when known
     _started: float | None = None  # time.time() when the sweep started
-    _restore_sigterm = None  # puts back the SIGTERM handler before ours (stop_on_sigterm)
+    _restore_signals = None  # puts back the signal handlers before ours (stop_on_signals)
 
     def __init__(self) -> None:
         setup_process()  # the xray_loss.* resolvers, before any job of a sweep is named
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_restore_sigterm"}  # this process's
+        return {k: v for k, v in self.__dict__.items() if k != "_restore_signals"}  # this process's
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A parallel launcher (joblib, submitit) unpickles its callbacks in the worker before
@@ -267,11 +267,11 @@ class SweepBookkeeping(Callback):
         self._lock = lock_directory(run_dir, "run")
         with read_write(config.hydra), open_dict(config.hydra):
             config.hydra.run.dir = str(run_dir)  # the time in its name is taken once
-        self._stop_on_sigterm(config, run_dir, None)
+        self._stop_on_signals(config, run_dir, None)
 
     def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
         unlock_directory(self._lock)
-        self._stop_on_sigterm(config, None, None)
+        self._stop_on_signals(config, None, None)
 
     # --- a sweep --------------------------------------------------------------------------------
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -303,7 +303,7 @@ class SweepBookkeeping(Callback):
             with read_write(config.hydra), open_dict(config.hydra):
                 config.hydra.sweep.dir = str(sweep_dir)
                 config.hydra.overrides.hydra.append(f"hydra.sweep.dir='{sweep_dir}'")
-        self._stop_on_sigterm(config, None, Path(str(config.hydra.sweep.dir)))
+        self._stop_on_signals(config, None, Path(str(config.hydra.sweep.dir)))
         held = held_keys(params, task, axes)
         if held:  # the jobs' names (and TensorBoard runs): what varies
             held = sorted({*held, *config.hydra.job.config.override_dirname.exclude_keys})
@@ -344,7 +344,7 @@ class SweepBookkeeping(Callback):
         if self._axes is not None:
             write_experiment(sweep_dir, self._axes)
         unlock_directory(self._lock)
-        self._stop_on_sigterm(config, None, None)
+        self._stop_on_signals(config, None, None)
         failed = [r for r in rows if r["status"] in FAILURES]
         done = sum(r["status"] == Status.COMPLETED for r in rows)
         took = f" in {_duration(time.time() - self._started)}" if self._started else ""
@@ -363,16 +363,17 @@ class SweepBookkeeping(Callback):
             print(f"{len(failed)} job(s) failed:\n" + "\n".join(lines), file=sys.stderr, flush=True)
             sys.exit(1)
 
-    def _stop_on_sigterm(self, config: DictConfig, run_dir: Path | None, sweep_dir: Path | None):
-        """While a training run or sweep goes on, SIGTERM stops it as Ctrl-C does, recorded and
-        with the command that continues it, wherever it lands (``stop_on_sigterm``); at its end
-        the previous handler is back. (None, None): the end."""
-        if self._restore_sigterm is not None:
-            self._restore_sigterm()
-            self._restore_sigterm = None
+    def _stop_on_signals(self, config: DictConfig, run_dir: Path | None, sweep_dir: Path | None):
+        """While a training run or sweep goes on, SIGTERM and Ctrl-C stop it recorded and with
+        the command that continues it, wherever they land (``stop_on_signals``); at its end the
+        previous handlers are back. (None, None): the end."""
+        if self._restore_signals is not None:
+            self._restore_signals()
+            self._restore_signals = None
         if (run_dir or sweep_dir) and config.hydra.job.name == "train":
-            stop = Interrupted("SIGTERM", run_dir or sweep_dir)
-            self._restore_sigterm = stop_on_sigterm(lambda: report_interruption(stop, sweep_dir))
+            self._restore_signals = stop_on_signals(
+                lambda name: report_interruption(Interrupted(name, run_dir or sweep_dir), sweep_dir)
+            )
 
 
 def report_interruption(stop: Interrupted, sweep_dir: Path | None) -> None:
