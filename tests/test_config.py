@@ -136,12 +136,16 @@ def test_paths_from_run_directories_are_quoted_for_hydra():
         "cam=true",
         "inputs='already quoted'",
         "inputs=/scans/it's",
+        "name=résumé",
+        "data.root=/données/a,/données/b",
     ]
     assert quote_path_overrides(argv, ["ckpt_path", "inputs"]) == [
         "ckpt_path='/logs/x/epochs=30,loss=ce,lr=0.001/checkpoints/best.ckpt'",
         "cam=true",
         "inputs='already quoted'",
         "inputs='/scans/it\\'s'",
+        "name='résumé'",  # Hydra's lexer refuses it bare
+        "data.root=/données/a,/données/b",  # a sweep's list: quoting would make it one value
     ]
 
 

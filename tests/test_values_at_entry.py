@@ -178,9 +178,10 @@ def test_per_step_checkpoints_save_without_lightnings_weights_only_line(workdir)
     [
         ("xray_loss.eval", ["ckpt_path=/no/such.ckpt", "batch_size=0"]),
         ("xray_loss.predict", ["ckpt_path=/no/such.ckpt", "inputs=/no/such", "cam=maybe"]),
+        ("xray_loss.train", ["name=résumé"]),  # ours, not Hydra's lexer on a non-ASCII value
     ],
 )
-def test_eval_and_predict_refuse_a_value_in_one_line_before_making_a_folder(tmp_path, module, args):
+def test_entry_points_refuse_a_value_in_one_line_before_making_a_folder(tmp_path, module, args):
     from tests.conftest import run_cli
 
     proc = run_cli(*args, module=module, cwd=tmp_path)

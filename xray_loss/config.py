@@ -45,17 +45,20 @@ def job_dirname(overrides: list[str], held: list[str], fallback: str) -> str:
     return run_dirname(kept, "", fallback)
 
 
-def quote_path_overrides(argv: list[str], keys: Sequence[str]) -> list[str]:
-    """Quote path values for Hydra's override parser.
+def quote_path_overrides(argv: list[str], keys: Sequence[str] = ()) -> list[str]:
+    """Quote values for Hydra's override parser.
 
     Run directories are named after their overrides (``.../loss=ce,lr=0.001/...``), and a path
     holding ``=`` or ``,`` is a parse error as a bare override value. Paths given for ``keys``
     (e.g. ``ckpt_path``) are wrapped in single quotes, so a path copied from a run works as is.
+    So is any value with a non-ASCII character (``name=résumé``, a path in another script),
+    which Hydra's lexer refuses bare, unless a comma makes it a sweep's list.
     """
     out = []
     for arg in argv:
         key, sep, value = arg.partition("=")
-        if sep and key in keys and value and value[0] not in "'\"":
+        unicode = not value.isascii() and "," not in value
+        if sep and (key in keys or unicode) and value and value[0] not in "'\"":
             value = "'" + value.replace("'", "\\'") + "'"
         out.append(f"{key}{sep}{value}" if sep else arg)
     return out
