@@ -90,6 +90,7 @@ def scale_epochs(epochs: int, scale: float) -> int:
 # LastCheckpoint) is one too, and the best checkpoint Lightning then takes, the first one's, is
 # conf/callbacks/default.yaml's model_checkpoint (tests/test_console.py checks it is the one
 # metrics.json records)
+_QUIET_INFO = ("Tip:", "Ignoring `Trainer(max_time=...)`, callbacks list already contains a Timer")
 _QUIET_WARNINGS = (
     r".*does not have many workers.*",
     r".*GPU available but not used.*",
@@ -109,9 +110,11 @@ def setup_process() -> None:
     register_resolvers()
     for pattern in _QUIET_WARNINGS:
         warnings.filterwarnings("ignore", message=pattern)
-    # Lightning's adverts for cloud services
+    # Lightning's adverts for cloud services, and its note that the Timer in the callbacks
+    # wins over Trainer(max_time): that Timer is budget.TimeBudget, which takes max_time itself
+    # and says so on the next line
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: "Tip:" not in record.getMessage()
+        lambda record: not any(noise in record.getMessage() for noise in _QUIET_INFO)
     )
 
 
