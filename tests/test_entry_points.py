@@ -44,6 +44,9 @@ def test_python_m_eval(trained):
     work, _ = trained
     proc = run_cli(f"ckpt_path={_best(work)}", module="xray_loss.eval", cwd=work, process=True)
     assert_ok(proc)
+    # the results table and nothing about loggers eval does not have
+    assert "test/auroc" in proc.stdout and not re.search(r"^\s*step\s", proc.stdout, re.M)
+    assert "no logger configured" not in proc.stderr
     (out,) = run_dirs(work / "logs" / "eval")
     assert metrics(out)["status"] == "completed" and (out / "test_predictions.csv").exists()
 

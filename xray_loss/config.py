@@ -84,18 +84,19 @@ def scale_epochs(epochs: int, scale: float) -> int:
 
 
 # known noise, each checked benign: Lightning's hints about loader workers (the data is in
-# memory), an idle GPU, srun on the PATH of a machine not running under SLURM, a pytree
-# deprecation in Lightning; and, at every run's validate/test of ckpt_path="best", that the
-# trainer has several ModelCheckpoint callbacks: last.ckpt's (runtime.checkpointing.
-# LastCheckpoint) is one too, and the best checkpoint Lightning then takes, the first one's, is
-# conf/callbacks/default.yaml's model_checkpoint (tests/test_console.py checks it is the one
-# metrics.json records)
+# memory), an idle GPU, metrics logged in eval (which has no logger), srun on the PATH of a
+# machine not running under SLURM, a pytree deprecation in Lightning; and, at every run's
+# validate/test of ckpt_path="best", that the trainer has several ModelCheckpoint callbacks:
+# last.ckpt's (runtime.checkpointing.LastCheckpoint) is one too, and the best checkpoint
+# Lightning then takes, the first one's, is conf/callbacks/default.yaml's model_checkpoint
+# (tests/test_run_output.py checks it is the one metrics.json records)
 _QUIET_INFO = ("Tip:", "Ignoring `Trainer(max_time=...)`, callbacks list already contains a Timer")
 _QUIET_WARNINGS = (
     r".*does not have many workers.*",
     r".*GPU available but not used.*",
     r".*`isinstance\(treespec, LeafSpec\)`.*",
     r".*The `srun` command is available on your system but is not used.*",
+    r".*but have no logger configured\..*",
     r'`\.(validate|test)\(ckpt_path="best"\)` is called with Trainer configured with multiple '
     r"`ModelCheckpoint` callbacks\. It will use the best checkpoint path from first checkpoint "
     r"callback\.",

@@ -184,6 +184,8 @@ class XrayClassifier(L.LightningModule):
         ``step`` as the x value, and then adds no ``epoch`` counter): curves of runs with other
         batch sizes or lengths line up on the epoch axis in TensorBoard; test values sit at the
         end of training."""
+        if not self.trainer.loggers:  # eval and predict: no axis to place, no row to print
+            return
         done = self.current_epoch + (0 if self.trainer.state.fn == "test" else 1)
         self.log("step", float(done), logger=True)
 
