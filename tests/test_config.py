@@ -128,8 +128,8 @@ def test_experiments_compose(name):
         assert params.seed == "range(0,3)"
 
 
-def test_paths_from_run_directories_are_quoted_for_hydra():
-    from xray_loss.config import quote_path_overrides
+def test_paths_and_non_ascii_values_are_quoted_for_hydra():
+    from xray_loss.config import quote_overrides
 
     argv = [
         "ckpt_path=/logs/x/epochs=30,loss=ce,lr=0.001/checkpoints/best.ckpt",
@@ -139,7 +139,7 @@ def test_paths_from_run_directories_are_quoted_for_hydra():
         "name=résumé",
         "data.root=/données/a,/données/b",
     ]
-    assert quote_path_overrides(argv, ["ckpt_path", "inputs"]) == [
+    assert quote_overrides(argv, ["ckpt_path", "inputs"]) == [
         "ckpt_path='/logs/x/epochs=30,loss=ce,lr=0.001/checkpoints/best.ckpt'",
         "cam=true",
         "inputs='already quoted'",

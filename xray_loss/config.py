@@ -45,7 +45,7 @@ def job_dirname(overrides: list[str], held: list[str], fallback: str) -> str:
     return run_dirname(kept, "", fallback)
 
 
-def quote_path_overrides(argv: list[str], keys: Sequence[str] = ()) -> list[str]:
+def quote_overrides(argv: list[str], keys: Sequence[str] = ()) -> list[str]:
     """Quote values for Hydra's override parser.
 
     Run directories are named after their overrides (``.../loss=ce,lr=0.001/...``), and a path

@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from xray_loss.atomic import write_json_atomic
 from xray_loss.callbacks import TestReport
 from xray_loss.checks import check_entry
-from xray_loss.config import ConfigError, quote_path_overrides, setup_process
+from xray_loss.config import ConfigError, quote_overrides, setup_process
 from xray_loss.data.kermany_layout import read_labeled_folder
 from xray_loss.data.splits import split_difference
 from xray_loss.inference import bound, load_classifier, run_config
@@ -227,5 +227,5 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
 if __name__ == "__main__":
     setup_process()
-    sys.argv[1:] = quote_path_overrides(sys.argv[1:], ("ckpt_path", "data.root"))
+    sys.argv[1:] = quote_overrides(sys.argv[1:], ("ckpt_path", "data.root"))
     main()

@@ -26,7 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from xray_loss.checks import check_entry, check_threshold
-from xray_loss.config import ConfigError, quote_path_overrides, setup_process
+from xray_loss.config import ConfigError, quote_overrides, setup_process
 from xray_loss.data.images import ImageDecodeError, decode, display_path
 from xray_loss.gradcam import grad_cam
 from xray_loss.inference import load_classifier, operating_point, run_config
@@ -199,5 +199,5 @@ def main(cfg: DictConfig) -> list[dict[str, Any]]:
 
 if __name__ == "__main__":
     setup_process()
-    sys.argv[1:] = quote_path_overrides(sys.argv[1:], ("ckpt_path", "inputs"))
+    sys.argv[1:] = quote_overrides(sys.argv[1:], ("ckpt_path", "inputs"))
     main()

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from xray_loss.budget import TimeBudget
 from xray_loss.callbacks import EpochBudgets, fit_end
 from xray_loss.checks import check_config
-from xray_loss.config import quote_path_overrides, setup_process, spell_out_threshold
+from xray_loss.config import quote_overrides, setup_process, spell_out_threshold
 from xray_loss.dashboard import write_experiment, write_session
 from xray_loss.identity import hyperparameters, run_configuration
 from xray_loss.metrics import metric_names
@@ -145,5 +145,5 @@ def main(cfg: DictConfig) -> dict[str, Any]:
 
 if __name__ == "__main__":
     setup_process()
-    sys.argv[1:] = quote_path_overrides(spell_out_threshold(sys.argv[1:]))
+    sys.argv[1:] = quote_overrides(spell_out_threshold(sys.argv[1:]))
     main()
